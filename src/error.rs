@@ -1,0 +1,48 @@
+//! The small, stable error kind that every module's error maps to. Exit codes and the
+//! plugin's failure classes come from this kind, never from message text.
+
+use std::process::ExitCode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The input (a file, an argument, a stream) breaks a rule: retrying cannot help.
+    InvalidInput,
+    /// The thing asked for does not exist.
+    NotFound,
+    /// A local I/O failure (disk, permissions).
+    Io,
+    /// A failure that may go away when retried (network, 5xx).
+    Retryable,
+    /// A failure that will not go away (4xx, refused by the store).
+    Permanent,
+    /// Another process holds the lock.
+    Locked,
+}
+
+/// Implemented by every module error.
+pub trait Kind {
+    fn kind(&self) -> ErrorKind;
+}
+
+/// Documented exit codes of the CLI (README "Exit codes").
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const INVALID_INPUT: u8 = 3;
+    pub const NOT_FOUND: u8 = 4;
+    pub const RETRYABLE: u8 = 5;
+    pub const LOCKED: u8 = 6;
+}
+
+impl ErrorKind {
+    pub fn exit_code(self) -> ExitCode {
+        ExitCode::from(match self {
+            ErrorKind::InvalidInput => exit::INVALID_INPUT,
+            ErrorKind::NotFound => exit::NOT_FOUND,
+            ErrorKind::Retryable => exit::RETRYABLE,
+            ErrorKind::Locked => exit::LOCKED,
+            ErrorKind::Io | ErrorKind::Permanent => exit::FAILURE,
+        })
+    }
+}

@@ -1,0 +1,233 @@
+//! Parent locators: how blktap encodes the path from a child to its parent and how it
+//! reads it back (vhd-format.md §3.2, §6.3).
+//!
+//! Writing: one *relative* path, computed lexically (symlinks are not resolved), stored
+//! as `file://<rel>` (MacX, UTF-8) and as `.\<rel with backslashes>` (W2ku and W2ru,
+//! UTF-16LE; blktap puts the relative path in the "absolute" W2ku slot too).
+//! Reading: MacX, W2ku and W2ru in slot order; the first that decodes and names a
+//! readable file wins.
+
+use std::path::{Component, Path, PathBuf};
+
+use super::header::{code, Locator};
+use super::{Result, Vhd, VhdError};
+
+/// Longest locator data we read: Windows reserves 64 KiB for W2ru but writes a few
+/// dozen bytes; nothing legitimate is longer than a path.
+pub const MAX_LOCATOR_DATA: u32 = 64 * 1024;
+
+/// Make `p` absolute without touching the file system: join with the working
+/// directory, drop `.`, resolve `..`, squeeze `//` (blktap `canonpath` without
+/// `realpath`).
+pub fn lexical_absolute(p: &Path) -> std::io::Result<PathBuf> {
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
+    let mut out = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(s) => out.push(s),
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// blktap `relative_path_to`: the path from the child's directory to the parent, both
+/// absolute and lexically normal. `./name` when they share the directory.
+pub fn relative_path(child: &Path, parent: &Path) -> String {
+    let child_dir: Vec<_> = child
+        .parent()
+        .map(|d| d.components().collect())
+        .unwrap_or_default();
+    let parent_parts: Vec<_> = parent.components().collect();
+    let parent_dir_len = parent_parts.len().saturating_sub(1);
+    let common = child_dir
+        .iter()
+        .zip(&parent_parts[..parent_dir_len])
+        .take_while(|(a, b)| a == b)
+        .count();
+    let up = child_dir.len() - common;
+    let mut s = if up == 0 {
+        "./".to_string()
+    } else {
+        "../".repeat(up)
+    };
+    let rest: Vec<String> = parent_parts[common..]
+        .iter()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    s.push_str(&rest.join("/"));
+    s
+}
+
+/// Encode `rel` for a locator slot with platform `code` (MacX, W2ku, W2ru).
+pub fn encode(code_: u32, rel: &str) -> Vec<u8> {
+    match code_ {
+        code::MACX => format!("file://{rel}").into_bytes(),
+        _ => {
+            // blktap `vhd_w2u_encode_location`: a relative path loses one leading "./"
+            // and gets ".\" in front; every "/" becomes "\".
+            let win = if rel.starts_with('/') {
+                rel.replace('/', "\\")
+            } else {
+                let r = rel.strip_prefix("./").unwrap_or(rel);
+                format!(".\\{}", r.replace('/', "\\"))
+            };
+            win.encode_utf16().flat_map(|u| u.to_le_bytes()).collect()
+        }
+    }
+}
+
+/// Decode the data of a path locator the way blktap does (`vhd_parent_locator_read`):
+/// MacX must start with `file://`; W2ku/W2ru are UTF-16LE with `\` turned into `/` and a
+/// leading drive `C:` dropped. `None` when it does not decode.
+pub fn decode(code_: u32, data: &[u8]) -> Option<String> {
+    match code_ {
+        code::MACX => {
+            let s = std::str::from_utf8(data).ok()?;
+            let s = s.trim_end_matches('\0');
+            s.strip_prefix("file://").map(str::to_string)
+        }
+        code::W2KU | code::W2RU => {
+            if data.len() % 2 != 0 {
+                return None;
+            }
+            let s = super::header::decode_utf16(data, u16::from_le_bytes)?;
+            let s = s.replace('\\', "/");
+            let s = s
+                .strip_prefix("C:")
+                .or_else(|| s.strip_prefix("c:"))
+                .unwrap_or(&s);
+            Some(s.to_string())
+        }
+        _ => None,
+    }
+}
+
+/// Read and decode one locator slot. `Ok(None)` when the slot is not a path or does
+/// not decode; errors only for I/O failures.
+pub fn read_slot(vhd: &Vhd, loc: &Locator) -> Result<Option<String>> {
+    if !code::is_path(loc.code) {
+        return Ok(None);
+    }
+    let len = loc.data_len;
+    if len == 0 || len > MAX_LOCATOR_DATA || len as u64 > loc.space_bytes() {
+        return Ok(None);
+    }
+    match loc.data_offset.checked_add(len as u64) {
+        Some(end) if end <= vhd.primary_at => {}
+        _ => return Ok(None),
+    }
+    let mut data = vec![0u8; len as usize];
+    vhd.read_at(&mut data, loc.data_offset, "read parent locator data")?;
+    Ok(decode(loc.code, &data))
+}
+
+/// The first path locator that decodes, as text (`vhd-util query -p -u`).
+pub fn first_decoded(vhd: &Vhd) -> Result<Option<String>> {
+    let Some(h) = vhd.header() else { return Ok(None) };
+    for l in &h.locators {
+        if let Some(s) = read_slot(vhd, l)? {
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
+}
+
+/// Resolve a decoded locator path against the child (blktap `vhd_find_parent`): an
+/// absolute path as is, a relative one against the directory of the canonical child
+/// path; the result canonicalised. `None` unless it names an existing file.
+pub fn resolve(child: &Path, located: &str) -> Option<PathBuf> {
+    let p = Path::new(located);
+    let candidate = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        let canon_child = std::fs::canonicalize(child).ok()?;
+        canon_child.parent()?.join(p)
+    };
+    let canon = std::fs::canonicalize(candidate).ok()?;
+    let meta = std::fs::metadata(&canon).ok()?;
+    (meta.is_file() || is_block_device(&meta)).then_some(canon)
+}
+
+pub fn is_block_device(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    meta.file_type().is_block_device()
+}
+
+/// Where the parent of a differencing disk is: the first locator (slot order) that
+/// decodes and names an existing file, with the slot number.
+pub fn find_parent(vhd: &Vhd) -> Result<(PathBuf, usize)> {
+    let h = vhd.header().expect("differencing disk has a header");
+    let mut tried = Vec::new();
+    for (i, l) in h.locators.iter().enumerate() {
+        if let Some(text) = read_slot(vhd, l)? {
+            if let Some(p) = resolve(&vhd.path, &text) {
+                return Ok((p, i));
+            }
+            tried.push(format!("{} {text:?}", code::name(l.code)));
+        }
+    }
+    let detail = if tried.is_empty() {
+        format!(
+            "no usable parent locator (header parent name {:?})",
+            h.parent_name_lossy()
+        )
+    } else {
+        format!("no such file: {}", tried.join(", "))
+    };
+    Err(VhdError::ParentNotFound {
+        path: vhd.path.clone(),
+        detail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_like_blktap() {
+        let r = |c: &str, p: &str| relative_path(Path::new(c), Path::new(p));
+        assert_eq!(r("/sr/child.vhd", "/sr/parent.vhd"), "./parent.vhd");
+        assert_eq!(r("/sr/sub/child.vhd", "/sr/base.vhd"), "../base.vhd");
+        assert_eq!(r("/a/x/c.vhd", "/a/other/b.vhd"), "../other/b.vhd");
+        assert_eq!(r("/a/b/c/d.vhd", "/x.vhd"), "../../../x.vhd");
+        assert_eq!(r("/a/c.vhd", "/a/sub/p.vhd"), "./sub/p.vhd");
+    }
+
+    #[test]
+    fn encodings_match_the_samples() {
+        assert_eq!(encode(code::MACX, "./parent.vhd"), b"file://./parent.vhd");
+        let w = encode(code::W2KU, "./parent.vhd");
+        assert_eq!(w.len(), 24);
+        assert_eq!(decode(code::W2KU, &w).unwrap(), "./parent.vhd");
+        let w = encode(code::W2RU, "../other/x.vhd");
+        assert_eq!(decode(code::W2RU, &w).unwrap(), "./../other/x.vhd");
+        let s: Vec<u16> = ".\\..\\other\\x.vhd".encode_utf16().collect();
+        assert_eq!(w, s.iter().flat_map(|u| u.to_le_bytes()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn windows_absolute_paths_lose_the_drive() {
+        let w: Vec<u8> = "C:\\Projects\\p.vhd"
+            .encode_utf16()
+            .flat_map(|u| u.to_le_bytes())
+            .collect();
+        assert_eq!(decode(code::W2KU, &w).unwrap(), "/Projects/p.vhd");
+        assert_eq!(decode(code::MACX, b"./x"), None);
+    }
+
+    #[test]
+    fn lexical_absolute_does_not_touch_the_disk() {
+        let p = lexical_absolute(Path::new("/a/./b//../c.vhd")).unwrap();
+        assert_eq!(p, Path::new("/a/c.vhd"));
+        assert_eq!(lexical_absolute(Path::new("/../x")).unwrap(), Path::new("/x"));
+    }
+}
