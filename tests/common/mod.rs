@@ -1,0 +1,110 @@
+//! Shared by the integration tests: where the binary, the samples and the Python peers
+//! are, and a scratch directory with the samples unpacked side by side.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The binary under test: the static musl build when `make test` runs us
+/// (`GLANCE_VHD_BIN`), else the one cargo built for this test run.
+pub fn bin() -> PathBuf {
+    std::env::var_os("GLANCE_VHD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_glance-vhd")))
+}
+
+pub fn samples_dir() -> PathBuf {
+    let p = std::env::var_os("GLANCE_VHD_SAMPLES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vhd-samples"));
+    assert!(
+        p.join("README.md").exists(),
+        "VHD samples not found at {} (set GLANCE_VHD_SAMPLES)",
+        p.display()
+    );
+    p
+}
+
+/// The Python with the peers installed (libvhdi). `make test` sets it; without it the
+/// peer tests fail rather than pass vacuously.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("GLANCE_VHD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "Python peers not installed at {} (run `make setup`)",
+        p.display()
+    );
+    p
+}
+
+/// A fresh directory holding every sample (tap-chain, qemu-parent, dfvfs) unpacked side
+/// by side, with the parent mtimes the README pins (the parent timestamp field is the
+/// parent's mtime).
+pub fn unpacked_samples() -> tempfile::TempDir {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tempdir");
+    for sub in ["tap-chain", "qemu-parent", "dfvfs"] {
+        for e in std::fs::read_dir(samples_dir().join(sub)).expect("samples") {
+            let p = e.expect("entry").path();
+            if p.extension().is_some_and(|x| x == "gz") {
+                let mut out = Vec::new();
+                flate2::read::GzDecoder::new(std::fs::File::open(&p).expect("open sample"))
+                    .read_to_end(&mut out)
+                    .expect("gunzip sample");
+                let name = p.file_stem().expect("stem");
+                std::fs::write(dir.path().join(name), out).expect("write sample");
+            }
+        }
+    }
+    for (f, t) in [
+        ("parent.vhd", "2024-01-01 00:00:30 UTC"),
+        ("child.vhd", "2024-01-01 00:02:30 UTC"),
+        ("parent2.vhd", "2024-01-02 03:04:05 UTC"),
+        ("qemu-parent.vhd", "2024-01-05 00:00:30 UTC"),
+    ] {
+        let st = Command::new("touch")
+            .arg("-d")
+            .arg(t)
+            .arg(dir.path().join(f))
+            .status()
+            .expect("touch");
+        assert!(st.success());
+    }
+    dir
+}
+
+/// Run the binary with `args` in `cwd`.
+pub fn run(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run glance-vhd")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn sha256_file(p: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let data = std::fs::read(p).expect("read");
+    format!("{:x}", Sha256::digest(data))
+}
+
+/// Expected content hashes from `SHA256SUMS.content`, by file name.
+pub fn content_sums() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(samples_dir().join("SHA256SUMS.content")).expect("sums");
+    text.lines()
+        .filter_map(|l| {
+            let (h, p) = l.split_once("  ")?;
+            Some((Path::new(p).file_name()?.to_string_lossy().into_owned(), h.to_string()))
+        })
+        .collect()
+}
