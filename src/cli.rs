@@ -55,10 +55,14 @@ pub enum VhdCommand {
         json: bool,
     },
     /// vhd-util query: same lines, same order, same exit codes
-    #[command(after_help = "Example (what XenServer's SM runs):\n  glance-vhd vhd query -vsafp -n /var/run/sr-mount/SR/1234.vhd")]
+    #[command(
+        after_help = "Example (what XenServer's SM runs):\n  glance-vhd vhd query -vsafp -n /var/run/sr-mount/SR/1234.vhd"
+    )]
     Query(QueryArgs),
     /// vhd-util check: "<FILE> is valid" or the first rule broken
-    #[command(after_help = "Example:\n  glance-vhd vhd check --parents /var/run/sr-mount/SR/1234.vhd")]
+    #[command(
+        after_help = "Example:\n  glance-vhd vhd check --parents /var/run/sr-mount/SR/1234.vhd"
+    )]
     Check {
         #[arg(required_unless_present = "name")]
         file: Option<PathBuf>,
@@ -103,7 +107,7 @@ pub enum VhdCommand {
         #[arg(long)]
         json: bool,
     },
-    /// vhd-util create: a new empty dynamic disk of SIZE (bytes, or with K/M/G/T)
+    /// vhd-util create: a new empty dynamic disk of SIZE (bytes, or K/M/G/T), rounded up to 2 MiB
     #[command(after_help = "Example:\n  glance-vhd vhd create /sr/new.vhd 20G")]
     Create {
         file: PathBuf,
@@ -113,7 +117,9 @@ pub enum VhdCommand {
         stamp: StampArgs,
     },
     /// Read the whole virtual disk through its parent chain to a raw file or `-`
-    #[command(after_help = "Example:\n  glance-vhd vhd read /sr/leaf.vhd /tmp/disk.raw\n  glance-vhd vhd read /sr/leaf.vhd - | sha256sum")]
+    #[command(
+        after_help = "Example:\n  glance-vhd vhd read /sr/leaf.vhd /tmp/disk.raw\n  glance-vhd vhd read /sr/leaf.vhd - | sha256sum"
+    )]
     Read { file: PathBuf, out: PathBuf },
 }
 
@@ -169,9 +175,7 @@ impl StampArgs {
     fn stamp(&self) -> Stamp {
         Stamp {
             uuid: self.uuid.map(|u| *u.as_bytes()),
-            timestamp: self
-                .unix_time
-                .map(|t| (t - vhd::footer::VHD_EPOCH) as u32),
+            timestamp: self.unix_time.map(|t| (t - vhd::footer::VHD_EPOCH) as u32),
         }
     }
 }
@@ -195,7 +199,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a size (e.g. 8M, 20G)"))?;
-    n.checked_mul(mul).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 pub fn main() -> ExitCode {
@@ -203,7 +208,11 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     match cli.command {
@@ -312,7 +321,7 @@ fn run_vhd(cmd: VhdCommand) -> ExitCode {
         },
         VhdCommand::Create { file, size, stamp } => {
             match vhd::create::create_dynamic(&file, size, &stamp.stamp()) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
         }
@@ -397,10 +406,15 @@ fn query(q: &QueryArgs) -> ExitCode {
         }
     }
     if q.hidden {
-        let _ = writeln!(o, "hidden: {}", hidden_as_blktap_reads_it(&v));
+        // blktap prints the flag as a signed char (200 prints -56).
+        let _ = writeln!(o, "hidden: {}", hidden_as_blktap_reads_it(&v) as i8);
     }
     if q.marker {
-        let _ = writeln!(o, "marker: {}", v.batmap.as_ref().map_or(0, |b| b.marker));
+        let _ = writeln!(
+            o,
+            "marker: {}",
+            v.batmap.as_ref().map_or(0, |b| b.marker) as i8
+        );
     }
     if q.depth {
         match vhd::check::chain_depth(&q.name) {

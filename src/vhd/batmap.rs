@@ -55,7 +55,9 @@ impl Batmap {
             marker: 0,
             map: Some(vec![0; size as usize * 512]),
         };
-        b.checksum = b.computed_checksum(curr_size).expect("fresh map is large enough");
+        b.checksum = b
+            .computed_checksum(curr_size)
+            .expect("fresh map is large enough");
         b
     }
 
@@ -73,6 +75,7 @@ impl Batmap {
         })
     }
 
+    /// The key hash of an encrypted disk: cookie byte (1 = set), nonce, SHA-256.
     pub fn keyhash(&self) -> &[u8] {
         &self.raw_header[off::KEYHASH..off::KEYHASH + off::KEYHASH_LEN]
     }
@@ -108,9 +111,9 @@ fn expected(vhd: &Vhd) -> Expect {
         return Expect::No;
     }
     match f.creator_version {
+        v if v <= version(0, 1) => Expect::No,
         v if v >= version(1, 2) => Expect::Yes,
-        v if v == version(1, 1) => Expect::IfPresent,
-        _ => Expect::No,
+        _ => Expect::IfPresent,
     }
 }
 
@@ -151,7 +154,12 @@ pub fn read(vhd: &Vhd) -> Result<Option<Batmap>> {
     // The map is read only when it lies inside the file: the file size bounds the
     // allocation, whatever the header claims.
     let len = bm.size as u64 * 512;
-    if bm.offset % 512 == 0 && bm.offset.checked_add(len).is_some_and(|e| e <= vhd.primary_at) {
+    if bm.offset % 512 == 0
+        && bm
+            .offset
+            .checked_add(len)
+            .is_some_and(|e| e <= vhd.primary_at)
+    {
         let mut map = vec![0u8; len as usize];
         vhd.read_at(&mut map, bm.offset, "read the batmap")?;
         bm.map = Some(map);

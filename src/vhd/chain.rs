@@ -11,8 +11,8 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::locator::find_parent;
 use super::error::ELOOP;
+use super::locator::find_parent;
 use super::{DiskType, OpenMode, Result, Vhd, VhdError};
 
 /// XenServer's storage manager stops at 30 (`MAX_CHAIN_SIZE`); we stop a little later so
@@ -24,7 +24,11 @@ pub const MAX_CHAIN_DEPTH: usize = 32;
 #[derive(Debug)]
 pub enum Layer {
     Vhd(Vhd),
-    Raw { path: PathBuf, file: File, size: u64 },
+    Raw {
+        path: PathBuf,
+        file: File,
+        size: u64,
+    },
 }
 
 impl Layer {
@@ -60,7 +64,9 @@ impl Chain {
         seen.insert(identity(&leaf.path)?);
         let mut layers = vec![Layer::Vhd(leaf)];
         loop {
-            let Some(Layer::Vhd(child)) = layers.last() else { break };
+            let Some(Layer::Vhd(child)) = layers.last() else {
+                break;
+            };
             if !child.is_differencing() {
                 break;
             }
@@ -77,7 +83,10 @@ impl Chain {
             if !seen.insert(identity(&ppath)?) {
                 return Err(VhdError::refused(
                     &child.path,
-                    format!("parent {} is already in the chain (a loop)", ppath.display()),
+                    format!(
+                        "parent {} is already in the chain (a loop)",
+                        ppath.display()
+                    ),
                     ELOOP,
                 ));
             }
@@ -255,7 +264,9 @@ pub fn ancestors_best_effort(start: &Path, limit: usize) -> Vec<(PathBuf, [u8; 1
     let mut out = Vec::new();
     let mut cur = start.to_path_buf();
     for _ in 0..limit {
-        let Ok(v) = Vhd::open(&cur, OpenMode::READ) else { break };
+        let Ok(v) = Vhd::open(&cur, OpenMode::READ) else {
+            break;
+        };
         out.push((cur.clone(), v.footer.uuid));
         if !v.is_differencing() {
             break;

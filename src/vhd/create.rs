@@ -12,14 +12,16 @@ use std::path::Path;
 
 use super::batmap::Batmap;
 use super::bytes::round_up_sector;
-use super::error::{EEXIST, EINVAL, EILSEQ};
+use super::error::{EEXIST, EILSEQ, EINVAL};
 use super::footer::{
     Footer, Geometry, CREATOR_TAP, FEATURE_RESERVED, FILE_FORMAT_VERSION, TAP_CURRENT_VERSION,
     VHD_EPOCH,
 };
 use super::header::{code, Header, Locator, BLOCK_SIZE_2M, PARENT_NAME_SIZE};
-use super::locator::{encode, lexical_absolute, relative_path};
-use super::{DiskType, OpenMode, Result, Vhd, VhdError, FOOTER_SIZE, HEADER_SIZE, MAX_VIRTUAL_SIZE};
+use super::locator::{canonical, encode, relative_path};
+use super::{
+    DiskType, OpenMode, Result, Vhd, VhdError, FOOTER_SIZE, HEADER_SIZE, MAX_VIRTUAL_SIZE,
+};
 
 const HEADER_AT: u64 = 512;
 const BAT_AT: u64 = 1536;
@@ -35,7 +37,8 @@ pub struct Stamp {
 
 impl Stamp {
     fn uuid(&self) -> [u8; 16] {
-        self.uuid.unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes())
+        self.uuid
+            .unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes())
     }
     fn timestamp(&self) -> u32 {
         self.timestamp.unwrap_or_else(now_vhd)
@@ -110,7 +113,9 @@ impl NewFile {
             header.parent_name = p.name;
             for (slot, c) in [code::MACX, code::W2KU, code::W2RU].into_iter().enumerate() {
                 let data = encode(c, &p.relative);
-                let space = round_up_sector(data.len() as u64).expect("short path").max(512);
+                let space = round_up_sector(data.len() as u64)
+                    .expect("short path")
+                    .max(512);
                 header.locators[slot] = Locator {
                     code: c,
                     data_space: space as u32,
@@ -155,7 +160,11 @@ impl NewFile {
         w(&self.footer, 0, "write the footer copy")?;
         w(&self.header, HEADER_AT, "write the dynamic header")?;
         w(&self.bat, BAT_AT, "write the BAT")?;
-        w(&self.batmap.encode_header(), self.batmap.header_offset, "write the batmap header")?;
+        w(
+            &self.batmap.encode_header(),
+            self.batmap.header_offset,
+            "write the batmap header",
+        )?;
         w(
             self.batmap.map.as_deref().expect("fresh map"),
             self.batmap.offset,
@@ -184,10 +193,18 @@ fn create_new(path: &Path) -> Result<File> {
         })
 }
 
-/// `vhd-util create -n PATH -s SIZE`: a new, empty dynamic disk of `size` bytes.
-pub fn create_dynamic(path: &Path, size: u64, stamp: &Stamp) -> Result<()> {
+/// `vhd-util create -n PATH -s SIZE`: a new, empty dynamic disk of at least `size`
+/// bytes. Like blktap, the size is rounded up to whole 2 MiB blocks. Returns the size.
+pub fn create_dynamic(path: &Path, size: u64, stamp: &Stamp) -> Result<u64> {
+    let size = round_up_block(size);
     let max_bat = check_size(path, size)?;
-    NewFile::layout(DiskType::Dynamic, size, max_bat, stamp, None).write(path)
+    NewFile::layout(DiskType::Dynamic, size, max_bat, stamp, None).write(path)?;
+    Ok(size)
+}
+
+fn round_up_block(size: u64) -> u64 {
+    let bs = BLOCK_SIZE_2M as u64;
+    size.checked_next_multiple_of(bs).unwrap_or(u64::MAX)
 }
 
 struct ParentLink {
@@ -218,18 +235,25 @@ pub fn snapshot(
     stamp: &Stamp,
 ) -> Result<Snapshot> {
     let mut parent_abs =
-        lexical_absolute(parent).map_err(|e| VhdError::io(parent, "resolve", e))?;
+        std::fs::canonicalize(parent).map_err(|e| VhdError::io(parent, "resolve", e))?;
     let mut p = Vhd::open(&parent_abs, OpenMode::READ)?;
+    let supplied_size = p.virtual_size();
+    let mut skipped = false;
     if !keep_empty_parents {
         let mut hops = 0;
         while p.is_differencing() && p.allocated_blocks() == 0 {
             hops += 1;
             if hops > super::chain::MAX_CHAIN_DEPTH {
-                return Err(VhdError::refused(parent, "chain of empty parents too deep", EINVAL));
+                return Err(VhdError::refused(
+                    parent,
+                    "chain of empty parents too deep",
+                    EINVAL,
+                ));
             }
             let (up, _) = super::locator::find_parent(&p)?;
             parent_abs = up;
             p = Vhd::open(&parent_abs, OpenMode::READ)?;
+            skipped = true;
         }
     }
     if p.footer.uuid == [0; 16] {
@@ -240,9 +264,23 @@ pub fn snapshot(
             "a parent must have a uuid",
         ));
     }
-    let size = p.virtual_size();
+    // blktap quirk kept for identical files: after skipping empty parents the child gets
+    // the *supplied* parent's size rounded up to 2 MiB, else the parent's exact size.
+    let size = if skipped {
+        round_up_block(supplied_size)
+    } else {
+        supplied_size
+    };
+    if size < p.virtual_size() {
+        return Err(VhdError::invalid(
+            child,
+            "virtual size",
+            size,
+            format!("smaller than the parent's {}", p.virtual_size()),
+        ));
+    }
     let max_bat = check_size(child, size)?;
-    let child_abs = lexical_absolute(child).map_err(|e| VhdError::io(child, "resolve", e))?;
+    let child_abs = canonical(child).map_err(|e| VhdError::io(child, "resolve", e))?;
     let relative = relative_path(&child_abs, &parent_abs);
     let name = parent_abs
         .file_name()
@@ -275,9 +313,9 @@ pub fn snapshot(
         relative,
     };
     let mut file = NewFile::layout(DiskType::Differencing, size, max_bat, stamp, Some(link));
-    // An encrypted parent's key hash travels to the child (vhd_snapshot).
+    // An encrypted parent's key hash travels to the child (vhd_snapshot: cookie 1 only).
     if let Some(pbm) = &p.batmap {
-        if pbm.keyhash()[0] != 0 {
+        if pbm.keyhash()[0] == 1 {
             file.batmap.set_keyhash(pbm.keyhash());
         }
     }

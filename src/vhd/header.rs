@@ -213,10 +213,25 @@ impl Header {
             && self.raw[off::RESERVED2..].iter().all(|&b| b == 0)
     }
 
-    /// The parent's unicode name as blktap decodes it (`vhd_header_decode_parent`):
-    /// UTF-16BE up to the first NUL, ASCII only. `None` when it does not decode.
+    /// The parent's unicode name as blktap decodes it (`vhd_header_decode_parent`): all
+    /// 512 bytes must be ASCII in UTF-16BE (even after the first NUL, where the name
+    /// ends); `\` becomes `/` and a leading `C:` is dropped. `None` when it does not
+    /// decode.
     pub fn parent_name_ascii(&self) -> Option<String> {
-        decode_utf16(&self.parent_name, u16::from_be_bytes).filter(|s| s.is_ascii())
+        let all_ascii = self
+            .parent_name
+            .chunks_exact(2)
+            .all(|c| u16::from_be_bytes([c[0], c[1]]) < 0x80);
+        if !all_ascii {
+            return None;
+        }
+        let s = decode_utf16(&self.parent_name, u16::from_be_bytes)?.replace('\\', "/");
+        Some(
+            match s.strip_prefix("C:").or_else(|| s.strip_prefix("c:")) {
+                Some(rest) => rest.to_string(),
+                None => s,
+            },
+        )
     }
 
     /// The parent name as any reader would show it (non-ASCII allowed).

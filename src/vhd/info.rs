@@ -119,7 +119,9 @@ pub fn info(path: &Path) -> Result<Info> {
             offset: b.offset,
             sectors: b.size,
             version: version_string(b.version),
-            full_blocks: (0..vhd.used_bat_entries()).filter(|&i| b.is_full(i)).collect(),
+            full_blocks: (0..vhd.used_bat_entries())
+                .filter(|&i| b.is_full(i))
+                .collect(),
         }),
     });
     let parent = match vhd.header() {
@@ -143,9 +145,7 @@ pub fn info(path: &Path) -> Result<Info> {
                 timestamp: Timestamp::from_vhd(h.parent_timestamp),
                 name: h.parent_name_lossy(),
                 locators,
-                resolved: find_parent(&vhd)
-                    .ok()
-                    .map(|(p, _)| p.display().to_string()),
+                resolved: find_parent(&vhd).ok().map(|(p, _)| p.display().to_string()),
             })
         }
         _ => None,
@@ -243,8 +243,17 @@ pub fn render(i: &Info) -> String {
     let _ = writeln!(s, "file:            {}", i.path);
     let _ = writeln!(s, "type:            {}", i.disk_type);
     let _ = writeln!(s, "uuid:            {}", i.uuid);
-    let _ = writeln!(s, "virtual size:    {} bytes ({} MiB)", i.virtual_size, i.virtual_size >> 20);
-    let _ = writeln!(s, "file size:       {} bytes (data ends at {})", i.file_size, i.physical_size);
+    let _ = writeln!(
+        s,
+        "virtual size:    {} bytes ({} MiB)",
+        i.virtual_size,
+        i.virtual_size >> 20
+    );
+    let _ = writeln!(
+        s,
+        "file size:       {} bytes (data ends at {})",
+        i.file_size, i.physical_size
+    );
     let _ = writeln!(s, "created:         {}", i.created.utc);
     let _ = writeln!(
         s,
@@ -258,7 +267,10 @@ pub fn render(i: &Info) -> String {
     );
     let _ = writeln!(s, "hidden:          {}", i.hidden);
     if i.footer_in_use == "backup" {
-        let _ = writeln!(s, "footer:          primary damaged, using the copy at offset 0");
+        let _ = writeln!(
+            s,
+            "footer:          primary damaged, using the copy at offset 0"
+        );
     }
     if let Some(d) = &i.dynamic {
         let _ = writeln!(
@@ -319,6 +331,9 @@ mod tests {
     #[test]
     fn rfc3339_known_dates() {
         assert_eq!(super::rfc3339(946_684_800), "2000-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(946_684_800 + 757_479_845), "2024-01-02T03:04:05Z");
+        assert_eq!(
+            super::rfc3339(946_684_800 + 757_479_845),
+            "2024-01-02T03:04:05Z"
+        );
     }
 }

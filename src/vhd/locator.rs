@@ -1,13 +1,13 @@
 //! Parent locators: how blktap encodes the path from a child to its parent and how it
 //! reads it back (vhd-format.md §3.2, §6.3).
 //!
-//! Writing: one *relative* path, computed lexically (symlinks are not resolved), stored
+//! Writing: one *relative* path between the canonical (realpath) child and parent, stored
 //! as `file://<rel>` (MacX, UTF-8) and as `.\<rel with backslashes>` (W2ku and W2ru,
 //! UTF-16LE; blktap puts the relative path in the "absolute" W2ku slot too).
 //! Reading: MacX, W2ku and W2ru in slot order; the first that decodes and names a
 //! readable file wins.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use super::header::{code, Locator};
 use super::{Result, Vhd, VhdError};
@@ -16,30 +16,25 @@ use super::{Result, Vhd, VhdError};
 /// dozen bytes; nothing legitimate is longer than a path.
 pub const MAX_LOCATOR_DATA: u32 = 64 * 1024;
 
-/// Make `p` absolute without touching the file system: join with the working
-/// directory, drop `.`, resolve `..`, squeeze `//` (blktap `canonpath` without
-/// `realpath`).
-pub fn lexical_absolute(p: &Path) -> std::io::Result<PathBuf> {
-    let joined = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(p)
-    };
-    let mut out = PathBuf::from("/");
-    for c in joined.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::Normal(s) => out.push(s),
-            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+/// blktap `canonpath`: `realpath(3)` (symlinks resolved). A file that does not exist
+/// yet (a new snapshot) is placed in the canonical form of its directory.
+pub fn canonical(p: &Path) -> std::io::Result<PathBuf> {
+    match std::fs::canonicalize(p) {
+        Ok(c) => Ok(c),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let name = p.file_name().ok_or(e)?;
+            let dir = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            Ok(std::fs::canonicalize(dir)?.join(name))
         }
+        Err(e) => Err(e),
     }
-    Ok(out)
 }
 
 /// blktap `relative_path_to`: the path from the child's directory to the parent, both
-/// absolute and lexically normal. `./name` when they share the directory.
+/// canonical. `./name` when they share the directory.
 pub fn relative_path(child: &Path, parent: &Path) -> String {
     let child_dir: Vec<_> = child
         .parent()
@@ -131,7 +126,9 @@ pub fn read_slot(vhd: &Vhd, loc: &Locator) -> Result<Option<String>> {
 
 /// The first path locator that decodes, as text (`vhd-util query -p -u`).
 pub fn first_decoded(vhd: &Vhd) -> Result<Option<String>> {
-    let Some(h) = vhd.header() else { return Ok(None) };
+    let Some(h) = vhd.header() else {
+        return Ok(None);
+    };
     for l in &h.locators {
         if let Some(s) = read_slot(vhd, l)? {
             return Ok(Some(s));
@@ -145,9 +142,12 @@ pub fn first_decoded(vhd: &Vhd) -> Result<Option<String>> {
 /// path; the result canonicalised. `None` unless it names an existing file.
 pub fn resolve(child: &Path, located: &str) -> Option<PathBuf> {
     let p = Path::new(located);
-    let candidate = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
+    if p.is_absolute() {
+        // blktap uses a readable absolute path as it is, without canonicalising it.
+        let meta = std::fs::metadata(p).ok()?;
+        return (meta.is_file() || is_block_device(&meta)).then(|| p.to_path_buf());
+    }
+    let candidate = {
         let canon_child = std::fs::canonicalize(child).ok()?;
         canon_child.parent()?.join(p)
     };
@@ -211,7 +211,10 @@ mod tests {
         let w = encode(code::W2RU, "../other/x.vhd");
         assert_eq!(decode(code::W2RU, &w).unwrap(), "./../other/x.vhd");
         let s: Vec<u16> = ".\\..\\other\\x.vhd".encode_utf16().collect();
-        assert_eq!(w, s.iter().flat_map(|u| u.to_le_bytes()).collect::<Vec<_>>());
+        assert_eq!(
+            w,
+            s.iter().flat_map(|u| u.to_le_bytes()).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -222,12 +225,5 @@ mod tests {
             .collect();
         assert_eq!(decode(code::W2KU, &w).unwrap(), "/Projects/p.vhd");
         assert_eq!(decode(code::MACX, b"./x"), None);
-    }
-
-    #[test]
-    fn lexical_absolute_does_not_touch_the_disk() {
-        let p = lexical_absolute(Path::new("/a/./b//../c.vhd")).unwrap();
-        assert_eq!(p, Path::new("/a/c.vhd"));
-        assert_eq!(lexical_absolute(Path::new("/../x")).unwrap(), Path::new("/x"));
     }
 }

@@ -87,9 +87,7 @@ impl Vhd {
             .write(mode.write)
             .open(path)
             .map_err(|e| VhdError::io(path, "open", e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| VhdError::io(path, "stat", e))?;
+        let meta = file.metadata().map_err(|e| VhdError::io(path, "stat", e))?;
         let file_size = if meta.file_type().is_file() {
             meta.len()
         } else {
@@ -144,6 +142,17 @@ impl Vhd {
                 "footer cookie",
                 "v_poison",
                 "the VHD is disabled (blktap poisoned it)",
+            ));
+        }
+        // Current blktap refuses tap 0.1 files, whose hidden flag and parent name follow
+        // older rules; we read them but do not write into them.
+        if mode.write && footer.creator_is_tap() && footer.creator_version == footer::version(0, 1)
+        {
+            return Err(VhdError::invalid(
+                path,
+                "footer creator version",
+                "tap 0.1",
+                "files from tapdisk 0.1 are not modified",
             ));
         }
         let Some(disk_type) = footer.disk_type() else {
@@ -250,7 +259,7 @@ impl Vhd {
 
     fn read_bat(&mut self) -> Result<()> {
         let h = self.header.as_ref().expect("dynamic disk has a header");
-        let (table_offset, max_bat, bat_bytes) = (h.table_offset, h.max_bat, h.bat_bytes());
+        let (table_offset, max_bat) = (h.table_offset, h.max_bat);
         if max_bat > MAX_BAT_ENTRIES {
             return Err(self.invalid(
                 "header max table entries",
@@ -266,7 +275,6 @@ impl Vhd {
                 format!("a BAT of {max_bat} entries there does not fit before the footer"),
             ));
         }
-        let _ = bat_bytes;
         let mut raw = vec![0u8; max_bat as usize * 4];
         self.read_at(&mut raw, table_offset, "read the BAT")?;
         self.bat = raw
@@ -388,7 +396,12 @@ impl Vhd {
             .map_err(|e| VhdError::io(&self.path, "fsync", e))
     }
 
-    pub fn invalid(&self, field: &'static str, value: impl ToString, rule: impl Into<String>) -> VhdError {
+    pub fn invalid(
+        &self,
+        field: &'static str,
+        value: impl ToString,
+        rule: impl Into<String>,
+    ) -> VhdError {
         VhdError::invalid(&self.path, field, value, rule)
     }
 
@@ -436,7 +449,12 @@ pub(crate) fn read_exact_at(
 ) -> Result<()> {
     file.read_exact_at(buf, at).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
-            VhdError::invalid(path, "file size", "too small", format!("cannot {what} at offset {at}"))
+            VhdError::invalid(
+                path,
+                "file size",
+                "too small",
+                format!("cannot {what} at offset {at}"),
+            )
         } else {
             VhdError::io(path, what, e)
         }

@@ -14,9 +14,9 @@ use super::chain::{ancestors_best_effort, same_file, MAX_CHAIN_DEPTH};
 use super::error::{EILSEQ, EINVAL, ELOOP, ENAMETOOLONG, ENOENT};
 use super::footer::VHD_EPOCH;
 use super::header::{code, PARENT_NAME_SIZE};
-use super::locator::{encode, lexical_absolute, relative_path};
-use super::{FOOTER_SIZE, HEADER_SIZE};
+use super::locator::{canonical, encode, relative_path};
 use super::{OpenMode, Result, Vhd, VhdError, BAT_UNUSED};
+use super::{FOOTER_SIZE, HEADER_SIZE};
 
 /// What [`set_parent`] wrote, for logs and the `--json` output.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -40,10 +40,17 @@ pub fn set_parent(child: &Path, parent: &Path, raw: bool) -> Result<Relinked> {
             EINVAL,
         ));
     }
-    let child_abs = lexical_absolute(child).map_err(|e| VhdError::io(child, "resolve", e))?;
-    let parent_abs = lexical_absolute(parent).map_err(|e| VhdError::io(parent, "resolve", e))?;
-    let meta = std::fs::metadata(&parent_abs).map_err(|e| {
-        let errno = if e.kind() == std::io::ErrorKind::NotFound { ENOENT } else { EINVAL };
+    // blktap canonicalises both paths with realpath(3) before relating them, and later
+    // resolves the locator against the canonical child: so must we.
+    let child_abs = canonical(child).map_err(|e| VhdError::io(child, "resolve", e))?;
+    let parent_abs =
+        std::fs::canonicalize(parent).and_then(|p| std::fs::metadata(&p).map(|m| (p, m)));
+    let (parent_abs, meta) = parent_abs.map_err(|e| {
+        let errno = if e.kind() == std::io::ErrorKind::NotFound {
+            ENOENT
+        } else {
+            EINVAL
+        };
         VhdError::refused(parent, format!("cannot stat the new parent: {e}"), errno)
     })?;
     if !(meta.is_file() || super::locator::is_block_device(&meta)) {
@@ -54,13 +61,21 @@ pub fn set_parent(child: &Path, parent: &Path, raw: bool) -> Result<Relinked> {
         ));
     }
     if same_file(child, &parent_abs) {
-        return Err(VhdError::refused(child, "a VHD cannot be its own parent", ELOOP));
+        return Err(VhdError::refused(
+            child,
+            "a VHD cannot be its own parent",
+            ELOOP,
+        ));
     }
     let parent_uuid = if raw {
         [0u8; 16]
     } else {
         let p = Vhd::open(&parent_abs, OpenMode::READ).map_err(|e| {
-            VhdError::refused(parent, format!("the new parent is not a usable VHD: {e}"), EINVAL)
+            VhdError::refused(
+                parent,
+                format!("the new parent is not a usable VHD: {e}"),
+                EINVAL,
+            )
         })?;
         // blktap accepts a parent whose chain leads back to the child; `query -d` then
         // loops forever. Refuse it.
@@ -97,7 +112,10 @@ pub fn set_parent(child: &Path, parent: &Path, raw: bool) -> Result<Relinked> {
     if units.len() > PARENT_NAME_SIZE {
         return Err(VhdError::refused(
             parent,
-            format!("parent file name longer than {} characters", PARENT_NAME_SIZE / 2),
+            format!(
+                "parent file name longer than {} characters",
+                PARENT_NAME_SIZE / 2
+            ),
             ENAMETOOLONG,
         ));
     }
@@ -153,7 +171,11 @@ pub fn set_parent(child: &Path, parent: &Path, raw: bool) -> Result<Relinked> {
         vhd.write_at(buf, *at, "write parent locator data")?;
         written += buf.len() as u64;
     }
-    vhd.write_at(&header_bytes, vhd.footer.data_offset, "write the dynamic header")?;
+    vhd.write_at(
+        &header_bytes,
+        vhd.footer.data_offset,
+        "write the dynamic header",
+    )?;
     written += HEADER_SIZE as u64;
     vhd.sync()?;
     Ok(Relinked {
@@ -173,7 +195,10 @@ fn forbidden_regions(vhd: &Vhd) -> Vec<(u64, u64)> {
     let mut r = vec![
         (0, FOOTER_SIZE as u64),
         (vhd.primary_at, vhd.file_size.max(vhd.primary_at + 1)),
-        (vhd.footer.data_offset, vhd.footer.data_offset + HEADER_SIZE as u64),
+        (
+            vhd.footer.data_offset,
+            vhd.footer.data_offset + HEADER_SIZE as u64,
+        ),
         (h.table_offset, h.table_offset.saturating_add(h.bat_bytes())),
     ];
     if let Some(bm) = &vhd.batmap {
@@ -211,7 +236,11 @@ pub fn set_hidden(path: &Path, value: u8) -> Result<()> {
             .set_len(end + FOOTER_SIZE as u64)
             .map_err(|e| VhdError::io(path, "truncate behind the footer", e))?;
     } else {
-        vhd.write_at(&bytes, vhd.file_size - FOOTER_SIZE as u64, "write the footer")?;
+        vhd.write_at(
+            &bytes,
+            vhd.file_size - FOOTER_SIZE as u64,
+            "write the footer",
+        )?;
     }
     if vhd.footer.is_dynamic_or_diff() {
         vhd.write_at(&bytes, 0, "write the footer copy")?;
