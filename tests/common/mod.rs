@@ -104,7 +104,10 @@ pub fn content_sums() -> Vec<(String, String)> {
     text.lines()
         .filter_map(|l| {
             let (h, p) = l.split_once("  ")?;
-            Some((Path::new(p).file_name()?.to_string_lossy().into_owned(), h.to_string()))
+            Some((
+                Path::new(p).file_name()?.to_string_lossy().into_owned(),
+                h.to_string(),
+            ))
         })
         .collect()
 }
