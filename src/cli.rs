@@ -42,6 +42,43 @@ pub enum Command {
     /// Native VHD tools (vhd-util compatible where it matters)
     #[command(subcommand)]
     Vhd(VhdCommand),
+    /// Import an image (a gzipped tarball of VHDs) into a file SR
+    #[command(
+        after_help = "Examples:\n  glance-vhd download --endpoint file:///srv/images/web.tgz --sr-path /var/run/sr-mount/$SR\n  curl -s $URL | glance-vhd download --endpoint - --sr-path /var/run/sr-mount/$SR --json"
+    )]
+    Download(DownloadArgs),
+    /// Remove staging directories left in an SR by a killed process
+    #[command(
+        after_help = "Example (cron):\n  glance-vhd sweep --sr-path /var/run/sr-mount/$SR --older-than 3600"
+    )]
+    Sweep {
+        #[arg(long)]
+        sr_path: PathBuf,
+        /// Only directories older than this many seconds
+        #[arg(long, default_value_t = 3600)]
+        older_than: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    /// Where the image is: file:///path/image.tgz, or - for stdin
+    #[arg(long, env = "OS_IMAGE_URL")]
+    pub endpoint: String,
+    /// The SR directory (/var/run/sr-mount/<sr-uuid>)
+    #[arg(long)]
+    pub sr_path: PathBuf,
+    /// VDI UUIDs for 0.vhd, 1.vhd, … in this order (leaf first); generated if absent
+    #[arg(long = "uuid")]
+    pub uuids: Vec<uuid::Uuid>,
+    /// Directory of the storage manager's lock files
+    #[arg(long, default_value = "/var/lock/sm")]
+    pub lock_dir: PathBuf,
+    /// Print the result as JSON: {"root": {"uuid": …}, "chain": [...], ...}
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -217,6 +254,25 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Vhd(cmd) => run_vhd(cmd),
+        Command::Download(args) => download(&args),
+        Command::Sweep {
+            sr_path,
+            older_than,
+            json,
+        } => match crate::sr::sweep(&sr_path, std::time::Duration::from_secs(older_than)) {
+            Ok(swept) => {
+                if json {
+                    print_json(&swept);
+                } else {
+                    for s in &swept {
+                        let what = if s.removed { "removed" } else { "kept" };
+                        println!("{what} {} ({})", s.path.display(), s.reason);
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
     }
 }
 
@@ -329,6 +385,60 @@ fn run_vhd(cmd: VhdCommand) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
+    }
+}
+
+/// The `--json` shape of a download: the plugin's `{'root': {'uuid': …}}` plus the chain.
+#[derive(serde::Serialize)]
+struct DownloadReport {
+    root: Root,
+    /// VDI UUIDs, leaf first.
+    chain: Vec<String>,
+    files: Vec<PathBuf>,
+    vhd_bytes: u64,
+    stream: crate::store::Digests,
+}
+
+#[derive(serde::Serialize)]
+struct Root {
+    uuid: String,
+}
+
+fn download(a: &DownloadArgs) -> ExitCode {
+    use crate::store::{HashingReader, Location};
+    let body = match Location::parse(&a.endpoint).and_then(|l| l.open()) {
+        Ok(b) => b,
+        Err(e) => return fail(e),
+    };
+    let mut hashing = HashingReader::new(body);
+    let opts = crate::sr::ImportOptions {
+        sr_path: a.sr_path.clone(),
+        // The plugin's uuid_stack is popped from the end: leaf-first flags, reversed.
+        uuid_stack: (!a.uuids.is_empty())
+            .then(|| a.uuids.iter().rev().map(|u| u.to_string()).collect()),
+        lock_dir: a.lock_dir.clone(),
+    };
+    match crate::sr::import(&mut hashing, &opts) {
+        Ok(imp) => {
+            let report = DownloadReport {
+                root: Root {
+                    uuid: imp.root_uuid().to_string(),
+                },
+                chain: imp.uuids.clone(),
+                files: imp.files.clone(),
+                vhd_bytes: imp.bytes,
+                stream: hashing.finish(),
+            };
+            if a.json {
+                print_json(&report);
+            } else {
+                for u in &imp.uuids {
+                    println!("{u}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 

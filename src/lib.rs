@@ -5,6 +5,9 @@
 //! [`vhd`] is the native VHD engine; [`cli`] the admin command line; [`error`] the small
 //! error kind every module error maps to.
 
+pub mod bundle;
 pub mod cli;
 pub mod error;
+pub mod sr;
+pub mod store;
 pub mod vhd;

@@ -1,0 +1,435 @@
+//! Image tarballs (DESIGN §4): a gzip-compressed tar of VHD files.
+//!
+//! [`unpack`] streams body → gunzip (concatenated members accepted, as GNU gzip does) →
+//! tar → files in a staging directory, applying the member policy: only regular files
+//! named `N.vhd` (N < 16, contiguous from 0), `image.vhd`/`snap.vhd`/`base.vhd`, or one
+//! `*.vhd` of any name; `swap.vhd` is skipped; `./` prefixes and `.`/`./` directory
+//! entries are allowed. Everything else is **rejected** with the member's name: a
+//! skipped member could be an attack or a sign of an image we would import wrongly.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{ErrorKind, Kind};
+
+/// At most this many VHDs in one image (the old plugins' limit).
+pub const MAX_FILES: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("image stream: {what}")]
+    Stream {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("tar member {name:?}: {rule}")]
+    Member { name: String, rule: String },
+    #[error("image layout: {0}")]
+    Layout(String),
+    #[error("{}: cannot {op}", path.display())]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("image needs {needed} bytes but the SR has {free} bytes free")]
+    NoSpace { needed: u64, free: u64 },
+}
+
+impl Kind for BundleError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            // A stream cut by the network surfaces here as an I/O error of the reader.
+            BundleError::Stream { source, .. }
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                ErrorKind::Retryable
+            }
+            BundleError::Stream { .. } | BundleError::Member { .. } | BundleError::Layout(_) => {
+                ErrorKind::InvalidInput
+            }
+            BundleError::Io { .. } | BundleError::NoSpace { .. } => ErrorKind::Io,
+        }
+    }
+}
+
+type Result<T, E = BundleError> = std::result::Result<T, E>;
+
+fn stream_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> BundleError {
+    let what = what.into();
+    move |source| BundleError::Stream { what, source }
+}
+
+/// How the files of an image are named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// `0.vhd` (leaf) … `n-1.vhd` (base): Folsom and later.
+    Numbered(usize),
+    /// Diablo: `image.vhd`, with optional `snap.vhd` (child of image) and `base.vhd`
+    /// (parent of image).
+    Legacy { snap: bool, base: bool },
+    /// One VHD of any other name.
+    Single(String),
+}
+
+impl Layout {
+    /// Member names in chain order, leaf first.
+    pub fn chain(&self) -> Vec<String> {
+        match self {
+            Layout::Numbered(n) => (0..*n).map(|i| format!("{i}.vhd")).collect(),
+            Layout::Legacy { snap, base } => {
+                let mut v = Vec::new();
+                if *snap {
+                    v.push("snap.vhd".to_string());
+                }
+                v.push("image.vhd".to_string());
+                if *base {
+                    v.push("base.vhd".to_string());
+                }
+                v
+            }
+            Layout::Single(name) => vec![name.clone()],
+        }
+    }
+}
+
+/// What [`unpack`] wrote.
+#[derive(Debug)]
+pub struct Unpacked {
+    pub layout: Layout,
+    /// Files in `dest`, leaf first.
+    pub files: Vec<PathBuf>,
+    /// Bytes of VHD data written.
+    pub bytes: u64,
+}
+
+/// Limits applied while unpacking.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes the destination file system has free; a member whose declared size does
+    /// not fit is refused before a byte of it is written.
+    pub free_space: u64,
+    /// The largest member accepted (VHD's 2040 GiB plus metadata by default).
+    pub max_member: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            free_space: u64::MAX,
+            max_member: (2040 << 30) + (64 << 20),
+        }
+    }
+}
+
+/// A member name after the policy: `None` for the directory entries `.`/`./`.
+fn member_name(raw: &[u8], is_dir: bool) -> Result<Option<String>> {
+    let name = String::from_utf8(raw.to_vec()).map_err(|_| BundleError::Member {
+        name: String::from_utf8_lossy(raw).into_owned(),
+        rule: "name is not UTF-8".into(),
+    })?;
+    let bad = |rule: &str| BundleError::Member {
+        name: name.clone(),
+        rule: rule.into(),
+    };
+    let trimmed = name.strip_prefix("./").unwrap_or(&name);
+    if is_dir {
+        return match trimmed.trim_end_matches('/') {
+            "" | "." => Ok(None),
+            _ => Err(bad("directories are not allowed in an image")),
+        };
+    }
+    if trimmed.is_empty() || trimmed.starts_with('/') {
+        return Err(bad("absolute or empty path"));
+    }
+    if trimmed.contains('/') {
+        return Err(bad("paths with directories are not allowed in an image"));
+    }
+    if trimmed == "." || trimmed == ".." {
+        return Err(bad("'.' and '..' are not files"));
+    }
+    if !trimmed.ends_with(".vhd") || trimmed == ".vhd" {
+        return Err(bad("only *.vhd files are allowed in an image"));
+    }
+    Ok(Some(trimmed.to_string()))
+}
+
+/// Decide the layout from the member names (swap.vhd already removed).
+pub fn layout(names: &[String]) -> Result<Layout> {
+    if names.is_empty() {
+        return Err(BundleError::Layout("the image holds no VHD".into()));
+    }
+    let numbered: Vec<Option<usize>> = names
+        .iter()
+        .map(|n| {
+            let stem = n.strip_suffix(".vhd")?;
+            // "0" … "15", no leading zeros or signs: exactly what the plugins wrote.
+            let ok = !stem.is_empty()
+                && stem.bytes().all(|b| b.is_ascii_digit())
+                && (stem == "0" || !stem.starts_with('0'));
+            ok.then(|| stem.parse().ok()).flatten()
+        })
+        .collect();
+    if numbered.iter().all(Option::is_some) {
+        let mut nums: Vec<usize> = numbered.into_iter().flatten().collect();
+        nums.sort_unstable();
+        if nums.len() > MAX_FILES {
+            return Err(BundleError::Layout(format!(
+                "{} VHDs; at most {MAX_FILES} are allowed",
+                nums.len()
+            )));
+        }
+        for (i, n) in nums.iter().enumerate() {
+            if *n != i {
+                return Err(BundleError::Layout(format!(
+                    "{n}.vhd without {i}.vhd: the sequence must run 0.vhd, 1.vhd, … without gaps"
+                )));
+            }
+        }
+        return Ok(Layout::Numbered(nums.len()));
+    }
+    let legacy = ["image.vhd", "snap.vhd", "base.vhd"];
+    if names.iter().any(|n| legacy.contains(&n.as_str())) {
+        if let Some(other) = names.iter().find(|n| !legacy.contains(&n.as_str())) {
+            return Err(BundleError::Layout(format!(
+                "{other} mixed with image.vhd/snap.vhd/base.vhd"
+            )));
+        }
+        if !names.iter().any(|n| n == "image.vhd") {
+            return Err(BundleError::Layout(
+                "snap.vhd or base.vhd without image.vhd".into(),
+            ));
+        }
+        return Ok(Layout::Legacy {
+            snap: names.iter().any(|n| n == "snap.vhd"),
+            base: names.iter().any(|n| n == "base.vhd"),
+        });
+    }
+    match names {
+        [one] => Ok(Layout::Single(one.clone())),
+        _ => Err(BundleError::Layout(format!(
+            "{} VHDs with free names ({}); only one such file, or 0.vhd…n-1.vhd, is allowed",
+            names.len(),
+            names.join(", ")
+        ))),
+    }
+}
+
+/// Stream a gzipped tarball into `dest` (an existing, empty, private directory).
+/// On error, files already written stay in `dest`: the caller owns and removes it.
+pub fn unpack<R: Read>(body: R, dest: &Path, limits: Limits) -> Result<Unpacked> {
+    let gz = flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(256 << 10, body));
+    let mut archive = tar::Archive::new(gz);
+    let mut names: Vec<String> = Vec::new();
+    let mut bytes = 0u64;
+    let mut free = limits.free_space;
+    {
+        let entries = archive
+            .entries()
+            .map_err(stream_err("reading the tar stream"))?;
+        for entry in entries {
+            let mut entry = entry.map_err(stream_err("reading a tar header"))?;
+            let kind = entry.header().entry_type();
+            let raw_name = entry.path_bytes().into_owned();
+            let display = String::from_utf8_lossy(&raw_name).into_owned();
+            let is_dir = kind.is_dir();
+            if !(kind.is_file() || is_dir) {
+                return Err(BundleError::Member {
+                    name: display,
+                    rule: format!(
+                        "{} entries are not allowed in an image (regular files only)",
+                        entry_kind(kind)
+                    ),
+                });
+            }
+            let Some(name) = member_name(&raw_name, is_dir)? else {
+                continue;
+            };
+            if names.contains(&name)
+                || (name == "swap.vhd" && names.iter().any(|n| n == "swap.vhd"))
+            {
+                return Err(BundleError::Member {
+                    name: display,
+                    rule: "duplicate member".into(),
+                });
+            }
+            let size = entry
+                .header()
+                .size()
+                .map_err(stream_err("reading a tar header"))?;
+            names.push(name.clone());
+            if name == "swap.vhd" {
+                // The old plugins shipped swap separately and ignored it on import.
+                io::copy(&mut entry, &mut io::sink())
+                    .map_err(stream_err(format!("reading member {display}")))?;
+                continue;
+            }
+            if names.iter().filter(|n| *n != "swap.vhd").count() > MAX_FILES {
+                return Err(BundleError::Layout(format!(
+                    "more than {MAX_FILES} VHDs in the image"
+                )));
+            }
+            if size > limits.max_member {
+                return Err(BundleError::Member {
+                    name: display,
+                    rule: format!("{size} bytes is larger than any VHD can be"),
+                });
+            }
+            if size > free {
+                return Err(BundleError::NoSpace {
+                    needed: bytes + size,
+                    free: limits.free_space,
+                });
+            }
+            free -= size;
+            let path = dest.join(&name);
+            let mut out = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| BundleError::Io {
+                    path: path.clone(),
+                    op: "create",
+                    source: e,
+                })?;
+            let n = copy_member(&mut entry, &mut out, &path, &display)?;
+            if n != size {
+                return Err(BundleError::Member {
+                    name: display,
+                    rule: format!("declared {size} bytes, stream held {n}"),
+                });
+            }
+            out.sync_all().map_err(|e| BundleError::Io {
+                path: path.clone(),
+                op: "fsync",
+                source: e,
+            })?;
+            // Restore the mtime as tar does: it becomes the parent timestamp on relink.
+            if let Ok(mtime) = entry.header().mtime() {
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+                let _ = out.set_modified(t);
+            }
+            bytes += n;
+        }
+    }
+    // The tar end marker was read. What follows must be zero padding: anything else
+    // is garbage we would silently drop (and a corrupt gzip member shows up here too).
+    let mut rest = archive.into_inner();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = rest
+            .read(&mut buf)
+            .map_err(stream_err("reading past the tar end marker"))?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Err(BundleError::Stream {
+                what: "trailing data after the tar end marker".into(),
+                source: io::Error::new(io::ErrorKind::InvalidData, "not zero padding"),
+            });
+        }
+    }
+    names.retain(|n| n != "swap.vhd");
+    let layout = layout(&names)?;
+    let files = layout.chain().iter().map(|n| dest.join(n)).collect();
+    Ok(Unpacked {
+        layout,
+        files,
+        bytes,
+    })
+}
+
+fn copy_member(entry: &mut impl Read, out: &mut File, path: &Path, name: &str) -> Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = entry
+            .read(&mut buf)
+            .map_err(stream_err(format!("reading member {name}")))?;
+        if n == 0 {
+            return Ok(total);
+        }
+        out.write_all(&buf[..n]).map_err(|e| BundleError::Io {
+            path: path.to_path_buf(),
+            op: "write",
+            source: e,
+        })?;
+        total += n as u64;
+    }
+}
+
+fn entry_kind(k: tar::EntryType) -> &'static str {
+    use tar::EntryType as E;
+    match k {
+        E::Symlink => "symlink",
+        E::Link => "hard link",
+        E::Char => "character device",
+        E::Block => "block device",
+        E::Fifo => "fifo",
+        E::GNUSparse => "sparse file",
+        _ => "special",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn layouts() {
+        assert_eq!(
+            layout(&names(&["1.vhd", "0.vhd"])).unwrap(),
+            Layout::Numbered(2)
+        );
+        assert!(layout(&names(&["0.vhd", "2.vhd"])).is_err());
+        assert!(layout(&names(&["00.vhd"])).is_ok()); // a free name: one file
+        assert!(layout(&names(&["0.vhd", "01.vhd"])).is_err());
+        assert_eq!(
+            layout(&names(&["image.vhd", "snap.vhd"])).unwrap().chain(),
+            ["snap.vhd", "image.vhd"]
+        );
+        assert!(layout(&names(&["snap.vhd"])).is_err());
+        assert_eq!(
+            layout(&names(&["disk.vhd"])).unwrap(),
+            Layout::Single("disk.vhd".into())
+        );
+        assert!(layout(&names(&["a.vhd", "b.vhd"])).is_err());
+        assert!(layout(&[]).is_err());
+        let many: Vec<String> = (0..17).map(|i| format!("{i}.vhd")).collect();
+        assert!(layout(&many).is_err());
+    }
+
+    #[test]
+    fn member_names() {
+        assert_eq!(member_name(b"./0.vhd", false).unwrap().unwrap(), "0.vhd");
+        assert_eq!(member_name(b"./", true).unwrap(), None);
+        assert_eq!(member_name(b".", true).unwrap(), None);
+        for bad in [
+            &b"../x.vhd"[..],
+            b"/abs.vhd",
+            b"a/b.vhd",
+            b"x.txt",
+            b"..",
+            b".vhd",
+        ] {
+            assert!(member_name(bad, false).is_err(), "{bad:?}");
+        }
+        assert!(member_name(b"0.vhd", true).is_err());
+    }
+}

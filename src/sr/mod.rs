@@ -1,0 +1,228 @@
+//! The storage repository side (DESIGN §5): staging directories inside the SR, the
+//! import of a downloaded chain, the SM SR lock, and `sweep`.
+//!
+//! Import: unpack into a fresh mode-0700 staging directory on the SR's own file system
+//! (so renames are atomic), name each file after its UUID, relink children to parents
+//! natively, validate every file and the chain, then move the chain into the SR while
+//! holding the SR lock that `SR.scan` takes. Nothing reaches the SR before the whole
+//! chain is valid; the staging directory is removed on every path.
+
+mod lock;
+mod staging;
+
+pub use lock::SrLock;
+pub use staging::{sweep, Staging, STAGING_PREFIX};
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use crate::bundle::{self, BundleError, Limits};
+use crate::error::{ErrorKind, Kind};
+use crate::vhd::{self, chain::Chain, check::CheckOptions, OpenMode, Vhd, VhdError};
+
+/// The deepest chain an image may carry (the old plugins' limit).
+pub const MAX_IMAGE_CHAIN: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SrError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Vhd(#[from] VhdError),
+    #[error("{file}: {rule}")]
+    Chain { file: String, rule: String },
+    #[error("{}: cannot {op}", path.display())]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Args(String),
+    #[error("{} already exists in the SR; refusing to overwrite it", path.display())]
+    Exists { path: PathBuf },
+}
+
+impl Kind for SrError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            SrError::Bundle(e) => e.kind(),
+            SrError::Vhd(e) => e.kind(),
+            SrError::Chain { .. } | SrError::Args(_) => ErrorKind::InvalidInput,
+            SrError::Io { .. } | SrError::Exists { .. } => ErrorKind::Io,
+        }
+    }
+}
+
+pub type Result<T, E = SrError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> SrError {
+    let path = path.to_path_buf();
+    move |source| SrError::Io { path, op, source }
+}
+
+/// Where and how to import.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub sr_path: PathBuf,
+    /// The plugin's `uuid_stack`: one UUID is popped from the **end** per file, leaf
+    /// first. Generated when `None`.
+    pub uuid_stack: Option<Vec<String>>,
+    /// Directory of the SM lock files (`/var/lock/sm`); the lock is `<dir>/<sr-uuid>/sr`.
+    pub lock_dir: PathBuf,
+}
+
+/// The imported chain.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Imported {
+    /// VDI UUIDs, leaf first.
+    pub uuids: Vec<String>,
+    pub files: Vec<PathBuf>,
+    pub bytes: u64,
+}
+
+impl Imported {
+    /// The plugin's return shape: `{'root': {'uuid': leaf}}`.
+    pub fn root_uuid(&self) -> &str {
+        &self.uuids[0]
+    }
+}
+
+/// Import a gzipped tarball of VHDs from `body` into the SR.
+pub fn import<R: Read>(body: R, opts: &ImportOptions) -> Result<Imported> {
+    let sr = &opts.sr_path;
+    let meta = std::fs::metadata(sr).map_err(io_err(sr, "open the SR directory"))?;
+    if !meta.is_dir() {
+        return Err(SrError::Args(format!(
+            "{} is not a directory",
+            sr.display()
+        )));
+    }
+    let staging = Staging::create(sr)?;
+    let limits = Limits {
+        free_space: free_space(sr)?,
+        ..Limits::default()
+    };
+    let unpacked = bundle::unpack(body, staging.path(), limits)?;
+    let n = unpacked.files.len();
+    let mut stack = match &opts.uuid_stack {
+        Some(s) => s.clone(),
+        None => (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect(),
+    };
+    if stack.len() < n {
+        return Err(SrError::Args(format!(
+            "the image holds {n} VHDs but only {} UUIDs were given",
+            stack.len()
+        )));
+    }
+    // Rename each file to its VDI UUID, leaf first, popping from the end as the Python
+    // plugin did.
+    let mut uuids = Vec::with_capacity(n);
+    let mut files = Vec::with_capacity(n);
+    for f in &unpacked.files {
+        let u = stack.pop().expect("length checked");
+        let u = uuid::Uuid::parse_str(&u)
+            .map_err(|_| SrError::Args(format!("{u:?} is not a UUID")))?
+            .to_string();
+        if uuids.contains(&u) {
+            return Err(SrError::Args(format!("UUID {u} given twice")));
+        }
+        let to = staging.path().join(format!("{u}.vhd"));
+        std::fs::rename(f, &to).map_err(io_err(f, "rename in staging"))?;
+        uuids.push(u);
+        files.push(to);
+    }
+    link_and_validate(&files)?;
+    let _lock = SrLock::acquire(&opts.lock_dir, sr)?;
+    let moved = staging.publish(&files, sr)?;
+    Ok(Imported {
+        uuids,
+        files: moved,
+        bytes: unpacked.bytes,
+    })
+}
+
+/// Relink each file to the next (native `vhd-util modify -p`), then validate every file
+/// and the chain: the base has no parent, parent UUIDs match, no loops, depth ≤ 16, the
+/// leaf is not hidden.
+fn link_and_validate(files: &[PathBuf]) -> Result<()> {
+    if files.len() > MAX_IMAGE_CHAIN {
+        return Err(SrError::Chain {
+            file: files[0].display().to_string(),
+            rule: format!("chain of {} files; at most {MAX_IMAGE_CHAIN}", files.len()),
+        });
+    }
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    // Every file must open as a VHD before anything is written into any of them.
+    for (i, f) in files.iter().enumerate() {
+        let v = Vhd::open(f, OpenMode::READ)?;
+        let last = i + 1 == files.len();
+        if last && v.is_differencing() {
+            // A base that claims a parent could point at another VDI in the SR.
+            return Err(SrError::Chain {
+                file: name(f),
+                rule: "the base of the image is a differencing disk (it claims a parent)".into(),
+            });
+        }
+        if !last && !v.is_differencing() {
+            return Err(SrError::Chain {
+                file: name(f),
+                rule: format!(
+                    "is a {} disk but has a parent in the image",
+                    v.disk_type().name()
+                ),
+            });
+        }
+    }
+    for pair in files.windows(2) {
+        vhd::relink::set_parent(&pair[0], &pair[1], false)?;
+    }
+    let opts = CheckOptions {
+        parents: false,
+        // A clock-skewed creator should not make an image unusable.
+        ignore_timestamps: true,
+    };
+    for f in files {
+        if let Some(problem) = vhd::check::check(f, opts)? {
+            return Err(SrError::Chain {
+                file: name(f),
+                rule: problem,
+            });
+        }
+    }
+    let chain = Chain::open(&files[0])?;
+    if chain.layers.len() != files.len() {
+        return Err(SrError::Chain {
+            file: name(&files[0]),
+            rule: format!(
+                "chain has {} files after relinking, the image {}",
+                chain.layers.len(),
+                files.len()
+            ),
+        });
+    }
+    let leaf = chain.leaf();
+    if leaf.footer.hidden != 0 {
+        // The SR garbage collector deletes a hidden VHD that has no children.
+        return Err(SrError::Chain {
+            file: name(&files[0]),
+            rule: "the leaf is hidden: the SR garbage collector would delete it".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Bytes available to us on the SR's file system.
+pub fn free_space(sr: &Path) -> Result<u64> {
+    let st = nix::sys::statvfs::statvfs(sr).map_err(|e| SrError::Io {
+        path: sr.to_path_buf(),
+        op: "statvfs",
+        source: io::Error::from(e),
+    })?;
+    Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
