@@ -64,9 +64,33 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct DownloadArgs {
-    /// Where the image is: file:///path/image.tgz, or - for stdin
+    /// The image store: http(s)://glance:9292[/prefix], file:///path/image.tgz, or - (stdin)
     #[arg(long, env = "OS_IMAGE_URL")]
     pub endpoint: String,
+    /// The image to download (http(s) endpoints)
+    #[arg(long)]
+    pub image_id: Option<String>,
+    /// Glance API version
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub api_version: u8,
+    /// Extra request header, e.g. 'X-Auth-Token: …' (repeatable)
+    #[arg(long = "header", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// A CA certificate (PEM) to trust besides the system bundle
+    #[arg(long, env = "OS_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// Do not verify TLS certificates (logged)
+    #[arg(long)]
+    pub insecure: bool,
+    /// Seconds to wait for a connection
+    #[arg(long, default_value_t = 30)]
+    pub connect_timeout: u64,
+    /// Seconds without a byte before the transfer is abandoned
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout: u64,
+    /// Seconds the whole transfer may take (default: no limit)
+    #[arg(long)]
+    pub deadline: Option<u64>,
     /// The SR directory (/var/run/sr-mount/<sr-uuid>)
     #[arg(long)]
     pub sr_path: PathBuf,
@@ -390,27 +414,54 @@ fn run_vhd(cmd: VhdCommand) -> ExitCode {
 
 /// The `--json` shape of a download: the plugin's `{'root': {'uuid': …}}` plus the chain.
 #[derive(serde::Serialize)]
-struct DownloadReport {
-    root: Root,
+struct DownloadReport<'a> {
+    root: Root<'a>,
     /// VDI UUIDs, leaf first.
-    chain: Vec<String>,
-    files: Vec<PathBuf>,
+    chain: &'a [String],
+    files: &'a [PathBuf],
     vhd_bytes: u64,
-    stream: crate::store::Digests,
+    stream: &'a crate::store::Digests,
 }
 
 #[derive(serde::Serialize)]
-struct Root {
-    uuid: String,
+struct Root<'a> {
+    uuid: &'a str,
 }
 
 fn download(a: &DownloadArgs) -> ExitCode {
-    use crate::store::{HashingReader, Location};
-    let body = match Location::parse(&a.endpoint).and_then(|l| l.open()) {
-        Ok(b) => b,
-        Err(e) => return fail(e),
+    use crate::store::glance::{Api, Glance, GlanceConfig};
+    use crate::store::{Location, Source};
+    let source = if a.endpoint.starts_with("http://") || a.endpoint.starts_with("https://") {
+        let Some(id) = &a.image_id else {
+            eprintln!("glance-vhd: --image-id is required with an http(s) endpoint");
+            return ExitCode::from(exit::USAGE);
+        };
+        let mut cfg = GlanceConfig::new(
+            &a.endpoint,
+            match a.api_version {
+                1 => Api::V1,
+                _ => Api::V2,
+            },
+        );
+        cfg.headers = a.headers.clone();
+        cfg.cacert = a.cacert.clone();
+        cfg.insecure = a.insecure;
+        if a.insecure {
+            eprintln!("glance-vhd: warning: TLS certificate verification is disabled (--insecure)");
+        }
+        cfg.connect_timeout = std::time::Duration::from_secs(a.connect_timeout);
+        cfg.idle_timeout = std::time::Duration::from_secs(a.idle_timeout);
+        cfg.deadline = a.deadline.map(std::time::Duration::from_secs);
+        match Glance::new(cfg) {
+            Ok(g) => Source::Glance(g, id.clone()),
+            Err(e) => return fail(e),
+        }
+    } else {
+        match Location::parse(&a.endpoint) {
+            Ok(l) => Source::Local(l),
+            Err(e) => return fail(e),
+        }
     };
-    let mut hashing = HashingReader::new(body);
     let opts = crate::sr::ImportOptions {
         sr_path: a.sr_path.clone(),
         // The plugin's uuid_stack is popped from the end: leaf-first flags, reversed.
@@ -418,19 +469,19 @@ fn download(a: &DownloadArgs) -> ExitCode {
             .then(|| a.uuids.iter().rev().map(|u| u.to_string()).collect()),
         lock_dir: a.lock_dir.clone(),
     };
-    match crate::sr::import(&mut hashing, &opts) {
-        Ok(imp) => {
-            let report = DownloadReport {
-                root: Root {
-                    uuid: imp.root_uuid().to_string(),
-                },
-                chain: imp.uuids.clone(),
-                files: imp.files.clone(),
-                vhd_bytes: imp.bytes,
-                stream: hashing.finish(),
-            };
+    match crate::sr::download(&source, &opts) {
+        Ok(d) => {
+            let imp = &d.imported;
             if a.json {
-                print_json(&report);
+                print_json(&DownloadReport {
+                    root: Root {
+                        uuid: imp.root_uuid(),
+                    },
+                    chain: &imp.uuids,
+                    files: &imp.files,
+                    vhd_bytes: imp.bytes,
+                    stream: &d.stream,
+                });
             } else {
                 for u in &imp.uuids {
                     println!("{u}");
@@ -440,6 +491,22 @@ fn download(a: &DownloadArgs) -> ExitCode {
         }
         Err(e) => fail(e),
     }
+}
+
+/// `K: V` → (K, V).
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not a header (use 'Name: value')"))?;
+    let k = k.trim();
+    if k.is_empty()
+        || !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!("{k:?} is not a header name"));
+    }
+    Ok((k.to_string(), v.trim().to_string()))
 }
 
 fn read(file: &Path, out: &Path) -> Result<(), VhdError> {

@@ -228,7 +228,14 @@ pub fn layout(names: &[String]) -> Result<Layout> {
 /// Stream a gzipped tarball into `dest` (an existing, empty, private directory).
 /// On error, files already written stay in `dest`: the caller owns and removes it.
 pub fn unpack<R: Read>(body: R, dest: &Path, limits: Limits) -> Result<Unpacked> {
-    let gz = flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(256 << 10, body));
+    let mut buffered = io::BufReader::with_capacity(256 << 10, body);
+    let first = io::BufRead::fill_buf(&mut buffered).map_err(stream_err("reading the image"))?;
+    if first.is_empty() {
+        return Err(BundleError::Layout(
+            "the image body is empty: no VHD in it".into(),
+        ));
+    }
+    let gz = flate2::read::MultiGzDecoder::new(buffered);
     let mut archive = tar::Archive::new(gz);
     let mut names: Vec<String> = Vec::new();
     let mut bytes = 0u64;

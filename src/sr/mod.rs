@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::bundle::{self, BundleError, Limits};
 use crate::error::{ErrorKind, Kind};
+use crate::store::{Digests, Expected, HashingReader, Source, StoreError};
 use crate::vhd::{self, chain::Chain, check::CheckOptions, OpenMode, Vhd, VhdError};
 
 /// The deepest chain an image may carry (the old plugins' limit).
@@ -29,6 +30,8 @@ pub enum SrError {
     Bundle(#[from] BundleError),
     #[error(transparent)]
     Vhd(#[from] VhdError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("{file}: {rule}")]
     Chain { file: String, rule: String },
     #[error("{}: cannot {op}", path.display())]
@@ -49,6 +52,7 @@ impl Kind for SrError {
         match self {
             SrError::Bundle(e) => e.kind(),
             SrError::Vhd(e) => e.kind(),
+            SrError::Store(e) => e.kind(),
             SrError::Chain { .. } | SrError::Args(_) => ErrorKind::InvalidInput,
             SrError::Io { .. } | SrError::Exists { .. } => ErrorKind::Io,
         }
@@ -89,8 +93,14 @@ impl Imported {
     }
 }
 
-/// Import a gzipped tarball of VHDs from `body` into the SR.
-pub fn import<R: Read>(body: R, opts: &ImportOptions) -> Result<Imported> {
+/// Import a gzipped tarball of VHDs from `body` into the SR. `verify` runs once the
+/// body is read to its end and before anything reaches the SR: the store's checksums are
+/// compared there, so a corrupt download never becomes a VDI.
+pub fn import<R: Read>(
+    mut body: R,
+    opts: &ImportOptions,
+    verify: impl FnOnce(&mut R) -> Result<(), StoreError>,
+) -> Result<Imported> {
     let sr = &opts.sr_path;
     let meta = std::fs::metadata(sr).map_err(io_err(sr, "open the SR directory"))?;
     if !meta.is_dir() {
@@ -104,7 +114,10 @@ pub fn import<R: Read>(body: R, opts: &ImportOptions) -> Result<Imported> {
         free_space: free_space(sr)?,
         ..Limits::default()
     };
-    let unpacked = bundle::unpack(body, staging.path(), limits)?;
+    let unpacked = bundle::unpack(&mut body, staging.path(), limits)?;
+    verify(&mut body)?;
+    // Under their member names first, so errors name the member (0.vhd, image.vhd…).
+    check_roles(&unpacked.files)?;
     let n = unpacked.files.len();
     let mut stack = match &opts.uuid_stack {
         Some(s) => s.clone(),
@@ -133,7 +146,8 @@ pub fn import<R: Read>(body: R, opts: &ImportOptions) -> Result<Imported> {
         uuids.push(u);
         files.push(to);
     }
-    link_and_validate(&files)?;
+    let members: Vec<String> = unpacked.files.iter().map(|f| file_name(f)).collect();
+    link_and_validate(&files, &members)?;
     let _lock = SrLock::acquire(&opts.lock_dir, sr)?;
     let moved = staging.publish(&files, sr)?;
     Ok(Imported {
@@ -146,19 +160,68 @@ pub fn import<R: Read>(body: R, opts: &ImportOptions) -> Result<Imported> {
 /// Relink each file to the next (native `vhd-util modify -p`), then validate every file
 /// and the chain: the base has no parent, parent UUIDs match, no loops, depth ≤ 16, the
 /// leaf is not hidden.
-fn link_and_validate(files: &[PathBuf]) -> Result<()> {
+fn link_and_validate(files: &[PathBuf], members: &[String]) -> Result<()> {
+    // Errors name the image member and the VDI it was to become.
+    let label = |i: usize| format!("image member {} ({})", members[i], file_name(&files[i]));
+    let chain_err = |i: usize| {
+        move |e: VhdError| SrError::Chain {
+            file: label(i),
+            rule: e.to_string(),
+        }
+    };
+    for (i, pair) in files.windows(2).enumerate() {
+        vhd::relink::set_parent(&pair[0], &pair[1], false).map_err(chain_err(i))?;
+    }
+    let opts = CheckOptions {
+        parents: false,
+        // A clock-skewed creator should not make an image unusable.
+        ignore_timestamps: true,
+    };
+    for (i, f) in files.iter().enumerate() {
+        if let Some(problem) = vhd::check::check(f, opts).map_err(chain_err(i))? {
+            return Err(SrError::Chain {
+                file: label(i),
+                rule: problem,
+            });
+        }
+    }
+    let chain = Chain::open(&files[0]).map_err(chain_err(0))?;
+    if chain.layers.len() != files.len() {
+        return Err(SrError::Chain {
+            file: label(0),
+            rule: format!(
+                "chain has {} files after relinking, the image {}",
+                chain.layers.len(),
+                files.len()
+            ),
+        });
+    }
+    if chain.leaf().footer.hidden != 0 {
+        // The SR garbage collector deletes a hidden VHD that has no children.
+        return Err(SrError::Chain {
+            file: label(0),
+            rule: "the leaf is hidden: the SR garbage collector would delete it".into(),
+        });
+    }
+    Ok(())
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Every file opens as a VHD, the base has no parent and every other file is a
+/// differencing disk: checked before anything is written into any of them.
+fn check_roles(files: &[PathBuf]) -> Result<()> {
     if files.len() > MAX_IMAGE_CHAIN {
         return Err(SrError::Chain {
-            file: files[0].display().to_string(),
+            file: file_name(&files[0]),
             rule: format!("chain of {} files; at most {MAX_IMAGE_CHAIN}", files.len()),
         });
     }
-    let name = |p: &Path| {
-        p.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
-    // Every file must open as a VHD before anything is written into any of them.
+    let name = file_name;
     for (i, f) in files.iter().enumerate() {
         let v = Vhd::open(f, OpenMode::READ)?;
         let last = i + 1 == files.len();
@@ -179,41 +242,6 @@ fn link_and_validate(files: &[PathBuf]) -> Result<()> {
             });
         }
     }
-    for pair in files.windows(2) {
-        vhd::relink::set_parent(&pair[0], &pair[1], false)?;
-    }
-    let opts = CheckOptions {
-        parents: false,
-        // A clock-skewed creator should not make an image unusable.
-        ignore_timestamps: true,
-    };
-    for f in files {
-        if let Some(problem) = vhd::check::check(f, opts)? {
-            return Err(SrError::Chain {
-                file: name(f),
-                rule: problem,
-            });
-        }
-    }
-    let chain = Chain::open(&files[0])?;
-    if chain.layers.len() != files.len() {
-        return Err(SrError::Chain {
-            file: name(&files[0]),
-            rule: format!(
-                "chain has {} files after relinking, the image {}",
-                chain.layers.len(),
-                files.len()
-            ),
-        });
-    }
-    let leaf = chain.leaf();
-    if leaf.footer.hidden != 0 {
-        // The SR garbage collector deletes a hidden VHD that has no children.
-        return Err(SrError::Chain {
-            file: name(&files[0]),
-            rule: "the leaf is hidden: the SR garbage collector would delete it".into(),
-        });
-    }
     Ok(())
 }
 
@@ -225,4 +253,31 @@ pub fn free_space(sr: &Path) -> Result<u64> {
         source: io::Error::from(e),
     })?;
     Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
+/// A finished download: the imported chain and what the wire carried.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Downloaded {
+    pub imported: Imported,
+    pub stream: Digests,
+    pub expected: Expected,
+}
+
+/// The download engine shared by the CLI and the plugin: open the image at `source`,
+/// hash it while it streams into [`import`], and compare with the store's checksums
+/// before the chain is moved into the SR.
+pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
+    let (body, expected) = source.open()?;
+    let mut stream = None;
+    let imported = import(HashingReader::new(body), opts, |h| {
+        let got = h.digests();
+        let verdict = expected.verify(&got);
+        stream = Some(got);
+        verdict
+    })?;
+    Ok(Downloaded {
+        imported,
+        stream: stream.expect("verify ran"),
+        expected,
+    })
 }

@@ -1,6 +1,9 @@
-//! Image stores (DESIGN §3). This step has the local store (`file:///path/image.tgz`
-//! and `-` for stdin) and the pass-through hashing every store shares; the Glance v1/v2
-//! HTTP client comes with the rest of the download issue.
+//! Image stores (DESIGN §3): Glance v1/v2 over HTTP(S) ([`glance`]), and a local store
+//! for admins and the demo (`file:///path/image.tgz`, `-` for stdin). What every store
+//! shares lives here: the pass-through hashing of the bytes on the wire, the checksums
+//! the store declares and their comparison, and the error classes.
+
+pub mod glance;
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -13,8 +16,24 @@ use crate::error::{ErrorKind, Kind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("endpoint {0:?}: only file:///path and - are supported in this build")]
+    #[error("endpoint {0:?}: expected http(s)://host[:port][/prefix], file:///path or -")]
     Unsupported(String),
+    #[error("{url}: HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    Http {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{url}")]
+    Transport {
+        url: String,
+        #[source]
+        source: ureq::Error,
+    },
+    #[error("image {0} has no data yet (HTTP 204)")]
+    NoData(String),
+    #[error("{0}")]
+    Protocol(String),
     #[error("{}: cannot open the image", path.display())]
     Open {
         path: PathBuf,
@@ -27,10 +46,43 @@ pub enum StoreError {
     Checksum { expected: String, actual: String },
 }
 
+impl StoreError {
+    pub fn transport(url: &str, source: ureq::Error) -> StoreError {
+        StoreError::Transport {
+            url: url.to_string(),
+            source,
+        }
+    }
+
+    /// An unexpected status, with the start of the body for the message.
+    pub fn http(url: &str, status: u16, resp: ureq::http::Response<ureq::Body>) -> StoreError {
+        let mut body = String::new();
+        let _ = resp
+            .into_body()
+            .into_with_config()
+            .limit(4096)
+            .reader()
+            .take(512)
+            .read_to_string(&mut body);
+        let body = body.split_whitespace().collect::<Vec<_>>().join(" ");
+        StoreError::Http {
+            url: url.to_string(),
+            status,
+            body,
+        }
+    }
+}
+
 impl Kind for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
-            StoreError::Unsupported(_) => ErrorKind::InvalidInput,
+            StoreError::Unsupported(_) | StoreError::Protocol(_) => ErrorKind::InvalidInput,
+            // Download classes (DESIGN §3): 404 not found; other 4xx permanent (the old
+            // plugin retried 401/403 pointlessly); 5xx and the network retryable.
+            StoreError::Http { status: 404, .. } => ErrorKind::NotFound,
+            StoreError::Http { status, .. } if (400..500).contains(status) => ErrorKind::Permanent,
+            StoreError::Http { .. } | StoreError::Transport { .. } => ErrorKind::Retryable,
+            StoreError::NoData(_) => ErrorKind::Permanent,
             StoreError::Open { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 ErrorKind::NotFound
             }
@@ -72,6 +124,59 @@ impl Location {
     }
 }
 
+/// What the store says the image body hashes to (lowercase hex), when it says.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Expected {
+    pub md5: Option<String>,
+    pub sha512: Option<String>,
+    pub size: Option<u64>,
+}
+
+impl Expected {
+    /// Compare with what was received; the first difference is the error.
+    pub fn verify(&self, got: &Digests) -> Result<(), StoreError> {
+        let pairs = [
+            (self.md5.as_deref(), got.md5.as_str(), "MD5"),
+            (self.sha512.as_deref(), got.sha512.as_str(), "SHA-512"),
+        ];
+        for (want, have, what) in pairs {
+            if let Some(w) = want {
+                if w != have {
+                    return Err(StoreError::Checksum {
+                        expected: format!("{what} {w}"),
+                        actual: have.to_string(),
+                    });
+                }
+            }
+        }
+        if let Some(n) = self.size {
+            if n != got.bytes {
+                return Err(StoreError::Checksum {
+                    expected: format!("{n} bytes"),
+                    actual: format!("{} bytes", got.bytes),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An image to download: a local file or stdin, or an image in Glance.
+pub enum Source {
+    Local(Location),
+    Glance(glance::Glance, String),
+}
+
+impl Source {
+    /// Open the body, with the checksums the store declares.
+    pub fn open(&self) -> Result<(Box<dyn Read + Send>, Expected), StoreError> {
+        match self {
+            Source::Local(l) => Ok((l.open()?, Expected::default())),
+            Source::Glance(g, id) => g.download(id),
+        }
+    }
+}
+
 /// MD5 (Glance `checksum`) and SHA-512 (`os_hash_value`) of what passes through, and
 /// the byte count: a pass-through `Read` wrapper.
 pub struct HashingReader<R> {
@@ -99,12 +204,17 @@ impl<R: Read> HashingReader<R> {
         }
     }
 
-    pub fn finish(self) -> Digests {
+    /// The digests of everything read so far.
+    pub fn digests(&self) -> Digests {
         Digests {
-            md5: hex(&self.md5.finalize()),
-            sha512: hex(&self.sha512.finalize()),
+            md5: hex(&self.md5.clone().finalize()),
+            sha512: hex(&self.sha512.clone().finalize()),
             bytes: self.bytes,
         }
+    }
+
+    pub fn finish(self) -> Digests {
+        self.digests()
     }
 }
 

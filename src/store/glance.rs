@@ -1,0 +1,268 @@
+//! Glance over HTTP(S) (DESIGN §3): v2 (`/v2/images/{id}`, `/v2/images/{id}/file`),
+//! v1 (`/v1/images/{id}`) and Diablo's v1 without the version prefix (`/images/{id}`).
+//!
+//! Blocking `ureq` with rustls. Certificates are verified against the system bundle
+//! (plus `--cacert`); `--insecure` is explicit. Every request carries the caller's extra
+//! headers (`X-Auth-Token`, …). Timeouts: connect, idle (per read), optional deadline.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
+
+use super::{Expected, StoreError};
+
+/// Which Glance API to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    V1,
+    /// Diablo: v1 semantics at `/images/{id}`.
+    V1Diablo,
+    V2,
+}
+
+/// How to reach the store.
+#[derive(Debug, Clone)]
+pub struct GlanceConfig {
+    /// `http(s)://host:port[/prefix]`, with or without a trailing slash.
+    pub endpoint: String,
+    pub api: Api,
+    pub headers: Vec<(String, String)>,
+    pub cacert: Option<PathBuf>,
+    pub insecure: bool,
+    pub connect_timeout: Duration,
+    /// No byte for this long on an open connection: give up.
+    pub idle_timeout: Duration,
+    /// The whole transfer must finish within this, if set.
+    pub deadline: Option<Duration>,
+}
+
+impl GlanceConfig {
+    pub fn new(endpoint: &str, api: Api) -> GlanceConfig {
+        GlanceConfig {
+            endpoint: endpoint.to_string(),
+            api,
+            headers: Vec::new(),
+            cacert: None,
+            insecure: false,
+            connect_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            deadline: None,
+        }
+    }
+}
+
+/// CA bundles of the distributions dom0 runs on (CentOS/XenServer first).
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/ssl/ca-bundle.pem",
+];
+
+pub struct Glance {
+    agent: ureq::Agent,
+    cfg: GlanceConfig,
+}
+
+impl Glance {
+    pub fn new(cfg: GlanceConfig) -> Result<Glance, StoreError> {
+        if !(cfg.endpoint.starts_with("http://") || cfg.endpoint.starts_with("https://")) {
+            return Err(StoreError::Unsupported(cfg.endpoint.clone()));
+        }
+        let tls = tls_config(&cfg)?;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .tls_config(tls)
+            .timeout_connect(Some(cfg.connect_timeout))
+            .timeout_per_read(Some(cfg.idle_timeout))
+            .timeout_global(cfg.deadline)
+            .user_agent(concat!("glance-vhd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
+        Ok(Glance { agent, cfg })
+    }
+
+    /// `endpoint` + `path`, without `//` whatever the endpoint's trailing slash.
+    pub fn url(&self, path: &str) -> String {
+        join_url(&self.cfg.endpoint, path)
+    }
+
+    fn image_path(&self, id: &str) -> String {
+        match self.cfg.api {
+            Api::V1 => format!("v1/images/{id}"),
+            Api::V1Diablo => format!("images/{id}"),
+            Api::V2 => format!("v2/images/{id}"),
+        }
+    }
+
+    fn get(&self, url: &str) -> Result<ureq::http::Response<ureq::Body>, StoreError> {
+        let mut req = self.agent.get(url);
+        for (k, v) in &self.cfg.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        req.call().map_err(|e| StoreError::transport(url, e))
+    }
+
+    /// Open the image body for download, with what the store says it should hash to.
+    pub fn download(&self, image_id: &str) -> Result<(Box<dyn Read + Send>, Expected), StoreError> {
+        check_id(image_id)?;
+        let mut expected = Expected::default();
+        let url = match self.cfg.api {
+            Api::V2 => {
+                let meta_url = self.url(&self.image_path(image_id));
+                let resp = self.get(&meta_url)?;
+                let status = resp.status().as_u16();
+                if status != 200 {
+                    return Err(StoreError::http(&meta_url, status, resp));
+                }
+                let body = resp
+                    .into_body()
+                    .with_config()
+                    .limit(1 << 20)
+                    .read_to_string()
+                    .map_err(|e| StoreError::transport(&meta_url, e))?;
+                let rec: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
+                    StoreError::Protocol(format!("{meta_url}: image record is not JSON: {e}"))
+                })?;
+                expected.md5 = rec["checksum"].as_str().map(str::to_lowercase);
+                if rec["os_hash_algo"].as_str() == Some("sha512") {
+                    expected.sha512 = rec["os_hash_value"].as_str().map(str::to_lowercase);
+                }
+                expected.size = rec["size"].as_u64();
+                self.url(&format!("{}/file", self.image_path(image_id)))
+            }
+            Api::V1 | Api::V1Diablo => self.url(&self.image_path(image_id)),
+        };
+        let resp = self.get(&url)?;
+        let status = resp.status().as_u16();
+        match status {
+            200 => {}
+            204 => return Err(StoreError::NoData(image_id.to_string())),
+            _ => return Err(StoreError::http(&url, status, resp)),
+        }
+        let h = resp.headers();
+        let header = |name: &str| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        // v1 declares the checksum in headers; Glance v2 sends Content-MD5 too.
+        let declared = header("x-image-meta-checksum")
+            .or_else(|| header("content-md5"))
+            .or_else(|| header("etag").map(|e| e.trim_matches('"').to_string()))
+            .map(|s| s.to_lowercase())
+            .filter(|s| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+        match (&expected.md5, declared) {
+            (Some(a), Some(b)) if *a != b => {
+                return Err(StoreError::Protocol(format!(
+                    "{url}: the image record says checksum {a}, the response header {b}"
+                )))
+            }
+            (None, Some(b)) => expected.md5 = Some(b),
+            _ => {}
+        }
+        if expected.size.is_none() {
+            expected.size = header("x-image-meta-size").and_then(|s| s.parse().ok());
+        }
+        let body = resp.into_body().into_reader();
+        Ok((Box::new(body), expected))
+    }
+}
+
+/// Image ids go into URL paths: refuse anything that could change the path.
+fn check_id(id: &str) -> Result<(), StoreError> {
+    let ok = !id.is_empty()
+        && id.len() <= 255
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && id != "."
+        && id != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Protocol(format!(
+            "image id {id:?} is not a valid id"
+        )))
+    }
+}
+
+pub fn join_url(endpoint: &str, path: &str) -> String {
+    format!(
+        "{}/{}",
+        endpoint.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
+}
+
+fn tls_config(cfg: &GlanceConfig) -> Result<TlsConfig, StoreError> {
+    if cfg.insecure {
+        return Ok(TlsConfig::builder().disable_verification(true).build());
+    }
+    let mut certs: Vec<Certificate<'static>> = Vec::new();
+    let mut files: Vec<PathBuf> = SYSTEM_BUNDLES
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .take(1)
+        .collect();
+    if let Some(ca) = &cfg.cacert {
+        files.push(ca.clone());
+    }
+    for f in &files {
+        let pem = std::fs::read(f).map_err(|source| StoreError::Open {
+            path: f.clone(),
+            source,
+        })?;
+        for item in ureq::tls::parse_pem(&pem) {
+            if let Ok(ureq::tls::PemItem::Certificate(c)) = item {
+                certs.push(c);
+            }
+        }
+    }
+    if let Some(ca) = &cfg.cacert {
+        if certs.is_empty() {
+            return Err(StoreError::Protocol(format!(
+                "{}: no PEM certificate in the CA file",
+                ca.display()
+            )));
+        }
+    }
+    let roots = if certs.is_empty() {
+        RootCerts::WebPki
+    } else {
+        RootCerts::new_with_certs(&certs)
+    };
+    Ok(TlsConfig::builder().root_certs(roots).build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_join_without_double_slashes() {
+        assert_eq!(
+            join_url("http://g:9292/", "v2/images/x"),
+            "http://g:9292/v2/images/x"
+        );
+        assert_eq!(
+            join_url("http://g:9292", "/v2/images/x"),
+            "http://g:9292/v2/images/x"
+        );
+        assert_eq!(
+            join_url("https://cloud/image/", "v1/images/x"),
+            "https://cloud/image/v1/images/x"
+        );
+    }
+
+    #[test]
+    fn ids_cannot_escape_the_path() {
+        assert!(check_id("6a0a2c5f-7b5e-4d36-9a5e-0f1c2d3e4f50").is_ok());
+        for bad in ["", "..", "a/b", "x?y", "x#", "a b"] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}
