@@ -1,0 +1,213 @@
+//! The HTTP store client against a Glance v1 stand-in (tests/peers/glance_v1_standin.py:
+//! no Glance release that runs here still serves v1): status classes, checksums, path
+//! prefixes, extra headers, cut connections, idle timeout and deadline. Every failure
+//! leaves the SR as it was.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Standin {
+    child: Child,
+    port: u16,
+}
+
+impl Standin {
+    fn start(dir: &Path, opts: &[&str]) -> Standin {
+        let mut child = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/glance_v1_standin.py"))
+            .arg(dir)
+            .args(opts)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the v1 stand-in");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        Standin {
+            child,
+            port: line.trim().parse().expect("port"),
+        }
+    }
+
+    fn url(&self, prefix: &str) -> String {
+        format!("http://127.0.0.1:{}{prefix}", self.port)
+    }
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    images: PathBuf,
+    sr: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = common::unpacked_samples();
+    let images = dir.path().join("images");
+    let stage = dir.path().join("stage");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&stage).unwrap();
+    std::fs::copy(samples.path().join("child.vhd"), stage.join("0.vhd")).unwrap();
+    std::fs::copy(samples.path().join("parent.vhd"), stage.join("1.vhd")).unwrap();
+    let st = Command::new("tar")
+        .arg("-zcf")
+        .arg(images.join("img-1"))
+        .arg("--directory")
+        .arg(&stage)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let sr = dir.path().join("7a1c7d1e-1111-4222-8333-444455556666");
+    std::fs::create_dir(&sr).unwrap();
+    std::fs::write(sr.join("existing.vhd"), b"keep").unwrap();
+    Fixture { dir, images, sr }
+}
+
+impl Fixture {
+    fn download(&self, endpoint: &str, id: &str, extra: &[&str]) -> Output {
+        let lock = self.dir.path().join("lock");
+        let mut args = vec![
+            "download",
+            "--endpoint",
+            endpoint,
+            "--api-version",
+            "1",
+            "--image-id",
+            id,
+            "--sr-path",
+            self.sr.to_str().unwrap(),
+            "--lock-dir",
+            lock.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        common::run(self.dir.path(), &args)
+    }
+
+    fn listing(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.sr)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn assert_untouched(&self, what: &str) {
+        assert_eq!(self.listing(), ["existing.vhd"], "{what}: the SR changed");
+    }
+}
+
+#[test]
+fn v1_download_with_prefix_trailing_slash_and_token() {
+    let f = fixture();
+    let s = Standin::start(
+        &f.images,
+        &["--prefix", "/image", "--require-token", "s3cret"],
+    );
+    let o = f.download(
+        &s.url("/image/"),
+        "img-1",
+        &["--header", "X-Auth-Token: s3cret", "--json"],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["chain"].as_array().unwrap().len(), 2);
+    let md5 = Command::new("md5sum")
+        .arg(f.images.join("img-1"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        v["stream"]["md5"].as_str().unwrap(),
+        &common::stdout(&md5)[..32]
+    );
+    assert_eq!(f.listing().len(), 3);
+}
+
+fn assert_fails(f: &Fixture, o: &Output, code: i32, needle: &str, what: &str) {
+    assert_eq!(o.status.code(), Some(code), "{what}: {}", common::stderr(o));
+    let err = common::stderr(o);
+    assert!(err.contains(needle), "{what}: {needle:?} not in {err}");
+    f.assert_untouched(what);
+}
+
+#[test]
+fn status_classes_and_checksum_mismatch() {
+    let f = fixture();
+    // Not found: exit 4, permanent.
+    let s = Standin::start(&f.images, &[]);
+    let o = f.download(&s.url(""), "nope", &[]);
+    assert_fails(&f, &o, 4, "404", "404");
+    // Unauthorised: permanent (exit 1), not retried.
+    let s = Standin::start(&f.images, &["--require-token", "t"]);
+    let o = f.download(&s.url(""), "img-1", &[]);
+    assert_fails(&f, &o, 1, "401", "401");
+    for (status, code) in [(403, 1), (500, 5), (503, 5)] {
+        let s = Standin::start(&f.images, &["--status", &status.to_string()]);
+        let o = f.download(&s.url(""), "img-1", &[]);
+        assert_fails(&f, &o, code, &status.to_string(), &format!("HTTP {status}"));
+    }
+    // The declared checksum does not match the bytes: nothing reaches the SR.
+    let s = Standin::start(&f.images, &["--wrong-checksum"]);
+    let o = f.download(&s.url(""), "img-1", &[]);
+    assert_fails(&f, &o, 5, "checksum mismatch", "wrong checksum");
+    // Image ids are path components.
+    let o = f.download(&s.url(""), "../etc", &[]);
+    assert_fails(&f, &o, 3, "not a valid id", "bad id");
+}
+
+#[test]
+fn cut_connections_stalls_and_slow_drips_leave_nothing() {
+    let f = fixture();
+    let size = std::fs::metadata(f.images.join("img-1")).unwrap().len();
+    for cut in [5, 10, 100, 600, 1200, size / 2, size - 20, size - 1] {
+        let s = Standin::start(&f.images, &["--cut-at", &cut.to_string()]);
+        let o = f.download(&s.url(""), "img-1", &[]);
+        assert!(!o.status.success(), "cut at {cut}: accepted");
+        assert_ne!(o.status.code(), Some(101), "cut at {cut}: panicked");
+        f.assert_untouched(&format!("cut at {cut}"));
+    }
+    // A stalled server: the idle timeout fires.
+    let s = Standin::start(&f.images, &["--stall-at", "2000"]);
+    let t = Instant::now();
+    let o = f.download(&s.url(""), "img-1", &["--idle-timeout", "2"]);
+    assert!(!o.status.success());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "idle timeout did not fire"
+    );
+    assert!(
+        common::stderr(&o).to_lowercase().contains("timeout")
+            || common::stderr(&o).contains("timed out"),
+        "{}",
+        common::stderr(&o)
+    );
+    f.assert_untouched("stall");
+    // A slow drip (1 KiB / 0.2 s) never trips the idle timeout; the deadline must.
+    let s = Standin::start(&f.images, &["--drip"]);
+    let t = Instant::now();
+    let o = f.download(
+        &s.url(""),
+        "img-1",
+        &["--idle-timeout", "5", "--deadline", "1"],
+    );
+    assert!(!o.status.success());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "deadline did not fire"
+    );
+    f.assert_untouched("drip");
+}
