@@ -14,7 +14,7 @@ SUDO         := $(if $(filter 0,$(shell id -u)),,sudo)
 # ring and other C code build with musl-gcc for the static target.
 export CC_x86_64_unknown_linux_musl := musl-gcc
 
-.PHONY: setup build test unit demo install uninstall fuzz clean fmt
+.PHONY: setup build test unit demo bench install uninstall fuzz clean fmt
 
 setup: $(VENV)/.peers
 	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
@@ -41,6 +41,10 @@ test: build
 
 demo: build
 	GLANCE_VHD_BIN=$(abspath $(BIN)) SAMPLES=$(SAMPLES) ./scripts/demo.sh
+
+# Throughput and peak RSS against the old plugin's data path, in one run (not a test).
+bench: build
+	GLANCE_VHD_BIN=$(abspath $(BIN)) ./bench/run.sh
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/glance-vhd

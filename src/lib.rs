@@ -10,4 +10,5 @@ pub mod cli;
 pub mod error;
 pub mod sr;
 pub mod store;
+pub mod stream;
 pub mod vhd;

@@ -7,12 +7,13 @@
 //! entries are allowed. Everything else is **rejected** with the member's name: a
 //! skipped member could be an attack or a sign of an image we would import wrongly.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ErrorKind, Kind};
+use crate::stream::Writeback;
 
 /// At most this many VHDs in one image (the old plugins' limit).
 pub const MAX_FILES: usize = 16;
@@ -300,7 +301,7 @@ pub fn unpack<R: Read>(body: R, dest: &Path, limits: Limits) -> Result<Unpacked>
             }
             free -= size;
             let path = dest.join(&name);
-            let mut out = OpenOptions::new()
+            let out = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
@@ -310,6 +311,7 @@ pub fn unpack<R: Read>(body: R, dest: &Path, limits: Limits) -> Result<Unpacked>
                     op: "create",
                     source: e,
                 })?;
+            let mut out = Writeback::new(out);
             let n = copy_member(&mut entry, &mut out, &path, &display)?;
             if n != size {
                 return Err(BundleError::Member {
@@ -317,7 +319,7 @@ pub fn unpack<R: Read>(body: R, dest: &Path, limits: Limits) -> Result<Unpacked>
                     rule: format!("declared {size} bytes, stream held {n}"),
                 });
             }
-            out.sync_all().map_err(|e| BundleError::Io {
+            let out = out.finish().map_err(|e| BundleError::Io {
                 path: path.clone(),
                 op: "fsync",
                 source: e,
@@ -358,7 +360,12 @@ pub fn unpack<R: Read>(body: R, dest: &Path, limits: Limits) -> Result<Unpacked>
     })
 }
 
-fn copy_member(entry: &mut impl Read, out: &mut File, path: &Path, name: &str) -> Result<u64> {
+fn copy_member(
+    entry: &mut impl Read,
+    out: &mut impl Write,
+    path: &Path,
+    name: &str,
+) -> Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::bundle::{self, BundleError, Limits};
 use crate::error::{ErrorKind, Kind};
 use crate::store::{Digests, Expected, HashingReader, Source, StoreError};
+use crate::stream::Prefetch;
 use crate::vhd::{self, chain::Chain, check::CheckOptions, OpenMode, Vhd, VhdError};
 
 /// The deepest chain an image may carry (the old plugins' limit).
@@ -269,8 +270,13 @@ pub struct Downloaded {
 pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
     let (body, expected) = source.open()?;
     let mut stream = None;
-    let imported = import(HashingReader::new(body), opts, |h| {
-        let got = h.digests();
+    // The network read and both hashes run on their own thread, ahead of the inflate.
+    let body = Prefetch::new(HashingReader::new(body));
+    let imported = import(body, opts, |p| {
+        let got = p
+            .finished()
+            .ok_or_else(|| StoreError::Protocol("the image was not read to its end".into()))?
+            .digests();
         let verdict = expected.verify(&got);
         stream = Some(got);
         verdict
