@@ -7,6 +7,8 @@
 //! entries are allowed. Everything else is **rejected** with the member's name: a
 //! skipped member could be an attack or a sign of an image we would import wrongly.
 
+pub mod pargz;
+
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;

@@ -1,0 +1,255 @@
+//! One gzip member compressed on all cores (the pigz scheme).
+//!
+//! The input is cut into 128 KiB blocks. Each block is deflated on a worker thread as a
+//! raw deflate stream primed with the previous block's last 32 KiB as dictionary (so the
+//! ratio stays close to single-threaded gzip) and ended with a sync flush, which leaves
+//! it byte-aligned and not final; the last block is finished instead. Their
+//! concatenation is one valid deflate stream. The CRC-32 of each block is combined in
+//! order. Readers (`gzip -d`, GNU tar, Python `tarfile` in `r|gz` mode) see a plain
+//! single-member gzip file.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use flate2::{Compress, Compression, FlushCompress, Status};
+
+const BLOCK: usize = 128 << 10;
+const DICT: usize = 32 << 10;
+
+struct Job {
+    input: Vec<u8>,
+    dict: Option<Arc<[u8]>>,
+    last: bool,
+    reply: SyncSender<io::Result<Done>>,
+}
+
+struct Done {
+    output: Vec<u8>,
+    crc: crc32fast::Hasher,
+}
+
+/// A `Write` that gzips what it is given on `threads` worker threads. Call
+/// [`ParGzWriter::finish`]: dropping it leaves the stream without its end, which is what
+/// an aborted upload wants.
+pub struct ParGzWriter<W: Write> {
+    inner: W,
+    block: Vec<u8>,
+    dict: Option<Arc<[u8]>>,
+    pending: VecDeque<Receiver<io::Result<Done>>>,
+    jobs: Option<SyncSender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+    crc: crc32fast::Hasher,
+    total: u64,
+    max_pending: usize,
+}
+
+impl<W: Write> ParGzWriter<W> {
+    /// `level` 1–9 as gzip's; `threads` ≥ 1.
+    pub fn new(mut inner: W, level: u32, threads: usize) -> io::Result<ParGzWriter<W>> {
+        let level = level.clamp(1, 9);
+        let threads = threads.max(1);
+        // The gzip header: no name, no mtime, XFL as gzip sets it, OS = Unix.
+        let xfl = match level {
+            9 => 2,
+            1 => 4,
+            _ => 0,
+        };
+        inner.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 3])?;
+        let (tx, rx) = sync_channel::<Job>(threads * 2);
+        let rx = Arc::new(Mutex::new(rx));
+        let workers = (0..threads)
+            .map(|i| {
+                let rx = Arc::clone(&rx);
+                std::thread::Builder::new()
+                    .name(format!("gzip-{i}"))
+                    .spawn(move || worker(rx, level))
+                    .expect("spawn a gzip worker")
+            })
+            .collect();
+        Ok(ParGzWriter {
+            inner,
+            block: Vec::with_capacity(BLOCK),
+            dict: None,
+            pending: VecDeque::new(),
+            jobs: Some(tx),
+            workers,
+            crc: crc32fast::Hasher::new(),
+            total: 0,
+            max_pending: threads * 3,
+        })
+    }
+
+    fn submit(&mut self, last: bool) -> io::Result<()> {
+        let input = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
+        let next_dict: Arc<[u8]> = Arc::from(&input[input.len().saturating_sub(DICT)..]);
+        let (reply, rx) = sync_channel(1);
+        let job = Job {
+            input,
+            dict: self.dict.take(),
+            last,
+            reply,
+        };
+        self.jobs
+            .as_ref()
+            .expect("not finished")
+            .send(job)
+            .map_err(|_| io::Error::other("gzip workers are gone"))?;
+        self.dict = Some(next_dict);
+        self.pending.push_back(rx);
+        while self.pending.len() > self.max_pending {
+            self.write_oldest()?;
+        }
+        Ok(())
+    }
+
+    fn write_oldest(&mut self) -> io::Result<()> {
+        let rx = self.pending.pop_front().expect("pending");
+        let done = rx
+            .recv()
+            .map_err(|_| io::Error::other("a gzip worker died"))??;
+        self.crc.combine(&done.crc);
+        self.inner.write_all(&done.output)
+    }
+
+    /// Compress the rest, write the trailer, and return the inner writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.submit(true)?;
+        while !self.pending.is_empty() {
+            self.write_oldest()?;
+        }
+        let crc = self.crc.clone().finalize();
+        self.inner.write_all(&crc.to_le_bytes())?;
+        self.inner.write_all(&(self.total as u32).to_le_bytes())?;
+        self.inner.flush()?;
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for ParGzWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(BLOCK - self.block.len());
+        self.block.extend_from_slice(&buf[..n]);
+        self.total += n as u64;
+        if self.block.len() == BLOCK {
+            self.submit(false)?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn worker(jobs: Arc<Mutex<Receiver<Job>>>, level: u32) {
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+            Err(_) => return,
+        };
+        let result = deflate_block(&job, level);
+        let _ = job.reply.send(result);
+    }
+}
+
+fn deflate_block(job: &Job, level: u32) -> io::Result<Done> {
+    let mut c = Compress::new(Compression::new(level), false);
+    if let Some(d) = &job.dict {
+        c.set_dictionary(d).map_err(io::Error::other)?;
+    }
+    let flush = if job.last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
+    let input = &job.input;
+    let mut out = Vec::with_capacity(input.len() + input.len() / 8 + 1024);
+    loop {
+        if out.capacity() - out.len() < 1024 {
+            out.reserve(out.capacity());
+        }
+        let status = c
+            .compress_vec(&input[c.total_in() as usize..], &mut out, flush)
+            .map_err(io::Error::other)?;
+        let consumed = c.total_in() as usize == input.len();
+        match (job.last, status) {
+            (true, Status::StreamEnd) => break,
+            // A sync flush is complete once all input is in and deflate left room.
+            (false, _) if consumed && out.len() < out.capacity() => break,
+            _ => {}
+        }
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(input);
+    Ok(Done { output: out, crc })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn roundtrip(data: &[u8], level: u32, threads: usize) {
+        let mut w = ParGzWriter::new(Vec::new(), level, threads).unwrap();
+        // Odd write sizes cross block boundaries.
+        for chunk in data.chunks(77_777) {
+            w.write_all(chunk).unwrap();
+        }
+        let gz = w.finish().unwrap();
+        let mut out = Vec::new();
+        let mut d = flate2::read::GzDecoder::new(&gz[..]);
+        d.read_to_end(&mut out).unwrap();
+        assert_eq!(out, data, "level {level} threads {threads}");
+        // A single member: nothing after the trailer.
+        let mut rest = Vec::new();
+        d.into_inner().read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn roundtrips_at_every_size_and_level() {
+        let mut data = Vec::new();
+        let mut x = 12345u32;
+        for i in 0..1_500_000u32 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            // Mixed: compressible runs and noise.
+            data.push(if i % 3000 < 1500 { (i / 1000) as u8 } else { (x >> 24) as u8 });
+        }
+        for (len, level, threads) in [
+            (0, 6, 2),
+            (1, 6, 2),
+            (BLOCK, 1, 1),
+            (BLOCK + 1, 9, 3),
+            (data.len(), 6, 2),
+        ] {
+            roundtrip(&data[..len], level, threads);
+        }
+    }
+
+    #[test]
+    fn dictionary_keeps_the_ratio_close_to_serial_gzip() {
+        let text: Vec<u8> = (0..2_000_000u32)
+            .map(|i| b"the quick brown fox jumps over the lazy dog "[(i % 44) as usize] ^ ((i / 7919) as u8 & 1))
+            .collect();
+        let mut w = ParGzWriter::new(Vec::new(), 6, 2).unwrap();
+        w.write_all(&text).unwrap();
+        let ours = w.finish().unwrap().len();
+        let mut serial = flate2::write::GzEncoder::new(Vec::new(), Compression::new(6));
+        serial.write_all(&text).unwrap();
+        let theirs = serial.finish().unwrap().len();
+        assert!(
+            ours as f64 <= theirs as f64 * 1.10 + 1024.0,
+            "parallel {ours} bytes vs serial {theirs}"
+        );
+    }
+}
