@@ -47,6 +47,11 @@ pub enum Command {
         after_help = "Examples:\n  glance-vhd download --endpoint file:///srv/images/web.tgz --sr-path /var/run/sr-mount/$SR\n  curl -s $URL | glance-vhd download --endpoint - --sr-path /var/run/sr-mount/$SR --json"
     )]
     Download(DownloadArgs),
+    /// Upload a VDI chain from a file SR as a gzipped tarball of VHDs
+    #[command(
+        after_help = "Examples:\n  glance-vhd upload --endpoint http://glance:9292 --header \"X-Auth-Token: $TOKEN\" \\\n      --sr-path /var/run/sr-mount/$SR --leaf $VDI --create --name nightly-$(date +%F)\n  glance-vhd upload --endpoint file:///srv/images/web.tgz --sr-path /var/run/sr-mount/$SR --vdi $LEAF --vdi $BASE --image-id local"
+    )]
+    Upload(UploadArgs),
     /// Remove staging directories left in an SR by a killed process
     #[command(
         after_help = "Example (cron):\n  glance-vhd sweep --sr-path /var/run/sr-mount/$SR --older-than 3600"
@@ -64,12 +69,31 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct DownloadArgs {
-    /// The image store: http(s)://glance:9292[/prefix], file:///path/image.tgz, or - (stdin)
-    #[arg(long, env = "OS_IMAGE_URL")]
-    pub endpoint: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// The image to download (http(s) endpoints)
     #[arg(long)]
     pub image_id: Option<String>,
+    /// The SR directory (/var/run/sr-mount/<sr-uuid>)
+    #[arg(long)]
+    pub sr_path: PathBuf,
+    /// VDI UUIDs for 0.vhd, 1.vhd, … in this order (leaf first); generated if absent
+    #[arg(long = "uuid")]
+    pub uuids: Vec<uuid::Uuid>,
+    /// Directory of the storage manager's lock files
+    #[arg(long, default_value = "/var/lock/sm")]
+    pub lock_dir: PathBuf,
+    /// Print the result as JSON: {"root": {"uuid": …}, "chain": [...], ...}
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How to reach the image store (download and upload alike).
+#[derive(Args, Debug)]
+pub struct StoreArgs {
+    /// The image store: http(s)://glance:9292[/prefix], file:///path/image.tgz, or -
+    #[arg(long, env = "OS_IMAGE_URL")]
+    pub endpoint: String,
     /// Glance API version
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
     pub api_version: u8,
@@ -91,16 +115,67 @@ pub struct DownloadArgs {
     /// Seconds the whole transfer may take (default: no limit)
     #[arg(long)]
     pub deadline: Option<u64>,
+}
+
+impl StoreArgs {
+    fn is_http(&self) -> bool {
+        self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")
+    }
+
+    fn glance(&self) -> Result<crate::store::glance::Glance, crate::store::StoreError> {
+        use crate::store::glance::{Api, Glance, GlanceConfig};
+        let api = if self.api_version == 1 {
+            Api::V1
+        } else {
+            Api::V2
+        };
+        let mut cfg = GlanceConfig::new(&self.endpoint, api);
+        cfg.headers = self.headers.clone();
+        cfg.cacert = self.cacert.clone();
+        cfg.insecure = self.insecure;
+        if self.insecure {
+            eprintln!("glance-vhd: warning: TLS certificate verification is disabled (--insecure)");
+        }
+        cfg.connect_timeout = std::time::Duration::from_secs(self.connect_timeout);
+        cfg.idle_timeout = std::time::Duration::from_secs(self.idle_timeout);
+        cfg.deadline = self.deadline.map(std::time::Duration::from_secs);
+        Glance::new(cfg)
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("chain").required(true).args(["vdi", "leaf"])))]
+#[command(group(clap::ArgGroup::new("image").required(true).args(["image_id", "create"])))]
+pub struct UploadArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// The SR directory (/var/run/sr-mount/<sr-uuid>)
     #[arg(long)]
     pub sr_path: PathBuf,
-    /// VDI UUIDs for 0.vhd, 1.vhd, … in this order (leaf first); generated if absent
-    #[arg(long = "uuid")]
-    pub uuids: Vec<uuid::Uuid>,
-    /// Directory of the storage manager's lock files
-    #[arg(long, default_value = "/var/lock/sm")]
-    pub lock_dir: PathBuf,
-    /// Print the result as JSON: {"root": {"uuid": …}, "chain": [...], ...}
+    /// VDI UUIDs of the chain, leaf first (repeatable)
+    #[arg(long)]
+    pub vdi: Vec<uuid::Uuid>,
+    /// Only the leaf VDI: the chain is found through its parent locators
+    #[arg(long)]
+    pub leaf: Option<uuid::Uuid>,
+    /// The queued image to upload into
+    #[arg(long)]
+    pub image_id: Option<String>,
+    /// Create the image record first (Glance v2), named --name
+    #[arg(long, requires = "name")]
+    pub create: bool,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Image property key=value (repeatable)
+    #[arg(long = "property", value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
+    /// gzip level 1-9 (default: the property xenapi_image_compression_level, else 6)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub compression_level: Option<u32>,
+    /// Compression threads (default: all cores)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: Option<u32>,
+    /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
 }
@@ -279,6 +354,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Vhd(cmd) => run_vhd(cmd),
         Command::Download(args) => download(&args),
+        Command::Upload(args) => upload(&args),
         Command::Sweep {
             sr_path,
             older_than,
@@ -429,35 +505,18 @@ struct Root<'a> {
 }
 
 fn download(a: &DownloadArgs) -> ExitCode {
-    use crate::store::glance::{Api, Glance, GlanceConfig};
     use crate::store::{Location, Source};
-    let source = if a.endpoint.starts_with("http://") || a.endpoint.starts_with("https://") {
+    let source = if a.store.is_http() {
         let Some(id) = &a.image_id else {
             eprintln!("glance-vhd: --image-id is required with an http(s) endpoint");
             return ExitCode::from(exit::USAGE);
         };
-        let mut cfg = GlanceConfig::new(
-            &a.endpoint,
-            match a.api_version {
-                1 => Api::V1,
-                _ => Api::V2,
-            },
-        );
-        cfg.headers = a.headers.clone();
-        cfg.cacert = a.cacert.clone();
-        cfg.insecure = a.insecure;
-        if a.insecure {
-            eprintln!("glance-vhd: warning: TLS certificate verification is disabled (--insecure)");
-        }
-        cfg.connect_timeout = std::time::Duration::from_secs(a.connect_timeout);
-        cfg.idle_timeout = std::time::Duration::from_secs(a.idle_timeout);
-        cfg.deadline = a.deadline.map(std::time::Duration::from_secs);
-        match Glance::new(cfg) {
+        match a.store.glance() {
             Ok(g) => Source::Glance(g, id.clone()),
             Err(e) => return fail(e),
         }
     } else {
-        match Location::parse(&a.endpoint) {
+        match Location::parse(&a.store.endpoint) {
             Ok(l) => Source::Local(l),
             Err(e) => return fail(e),
         }
@@ -491,6 +550,91 @@ fn download(a: &DownloadArgs) -> ExitCode {
         }
         Err(e) => fail(e),
     }
+}
+
+fn upload(a: &UploadArgs) -> ExitCode {
+    use crate::bundle::pack::PackOptions;
+    use crate::sr::ChainSpec;
+    use crate::store::{Location, Target};
+    // The compression level: the flag, else the image property Nova passes, else 6.
+    let prop_level = a
+        .properties
+        .iter()
+        .find(|(k, _)| k == "xenapi_image_compression_level")
+        .and_then(|(_, v)| v.parse::<u32>().ok())
+        .filter(|l| (1..=9).contains(l));
+    let mut pack = PackOptions::default();
+    pack.level = a.compression_level.or(prop_level).unwrap_or(6);
+    if let Some(t) = a.threads {
+        pack.threads = t as usize;
+    }
+    let target = if a.store.is_http() {
+        let glance = match a.store.glance() {
+            Ok(g) => g,
+            Err(e) => return fail(e),
+        };
+        let image_id = match (&a.image_id, &a.name) {
+            (Some(id), _) => id.clone(),
+            (None, Some(name)) => match glance.create(name, &a.properties) {
+                Ok(id) => {
+                    eprintln!("glance-vhd: created image {id}");
+                    id
+                }
+                Err(e) => return fail(e),
+            },
+            (None, None) => unreachable!("clap requires --image-id or --create --name"),
+        };
+        Target::Glance {
+            glance,
+            image_id,
+            properties: a.properties.clone(),
+        }
+    } else {
+        match Location::parse(&a.store.endpoint) {
+            Ok(l) => Target::Local(l),
+            Err(e) => return fail(e),
+        }
+    };
+    let spec = match &a.leaf {
+        Some(l) => ChainSpec::Leaf(l.to_string()),
+        None => ChainSpec::Vdis(a.vdi.iter().map(|u| u.to_string()).collect()),
+    };
+    match crate::sr::upload(&a.sr_path, &spec, &target, pack) {
+        Ok(up) => {
+            let image_id = match &target {
+                Target::Glance { image_id, .. } => Some(image_id.as_str()),
+                Target::Local(_) => None,
+            };
+            if a.json {
+                print_json(&serde_json::json!({
+                    "image_id": image_id,
+                    "vdis": up.uuids,
+                    "members": up.members,
+                    "stream": up.stream,
+                }));
+            } else if let Some(id) = image_id {
+                // Local "-" carries the image on stdout: nothing else may go there.
+                println!("{id}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `key=value` → (key, value); keys become header names on Glance v1.
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not a property (use key=value)"))?;
+    if k.is_empty()
+        || !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.' || b == b':')
+    {
+        return Err(format!("{k:?} is not a property name"));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 /// `K: V` → (K, V).

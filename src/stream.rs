@@ -267,3 +267,180 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 40 << 20);
     }
 }
+
+/// Reads a file and drops what it has read from the page cache behind itself, so that
+/// streaming a multi-GiB VHD out of dom0 does not evict everything else.
+pub struct DropBehind {
+    file: File,
+    pos: u64,
+    dropped: u64,
+}
+
+impl DropBehind {
+    pub fn new(file: File) -> DropBehind {
+        let _ = posix_fadvise(&file, 0, 0, PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL);
+        DropBehind {
+            file,
+            pos: 0,
+            dropped: 0,
+        }
+    }
+}
+
+impl Read for DropBehind {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.pos += n as u64;
+        if self.pos - self.dropped >= WINDOW || (n == 0 && self.pos > self.dropped) {
+            let _ = posix_fadvise(
+                &self.file,
+                self.dropped as i64,
+                (self.pos - self.dropped) as i64,
+                PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
+            self.dropped = self.pos;
+        }
+        Ok(n)
+    }
+}
+
+enum Piece {
+    Data(Vec<u8>),
+    End,
+    Failed(io::Error),
+}
+
+/// A bounded in-process pipe between a producer thread and a consumer: the writer
+/// collects 256 KiB chunks; the reader sees the end of the stream only if the writer
+/// called [`PipeWriter::close`]. A writer that fails ([`PipeWriter::fail`]) or just goes
+/// away makes the reader fail: a consumer such as a chunked HTTP upload must never
+/// take a broken stream for a complete one.
+pub fn pipe(depth: usize) -> (PipeWriter, PipeReader) {
+    let (tx, rx) = sync_channel(depth);
+    (
+        PipeWriter {
+            tx,
+            buf: Vec::with_capacity(PREFETCH_CHUNK),
+        },
+        PipeReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+            ended: false,
+        },
+    )
+}
+
+pub struct PipeWriter {
+    tx: std::sync::mpsc::SyncSender<Piece>,
+    buf: Vec<u8>,
+}
+
+impl PipeWriter {
+    fn send(&mut self, p: Piece) -> io::Result<()> {
+        self.tx
+            .send(p)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the consumer went away"))
+    }
+
+    /// The stream is complete.
+    pub fn close(mut self) -> io::Result<()> {
+        let rest = std::mem::take(&mut self.buf);
+        if !rest.is_empty() {
+            self.send(Piece::Data(rest))?;
+        }
+        self.send(Piece::End)
+    }
+
+    /// The stream is broken: the reader gets `e`.
+    pub fn fail(mut self, e: io::Error) {
+        let _ = self.send(Piece::Failed(e));
+    }
+}
+
+impl Write for PipeWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= PREFETCH_CHUNK {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(PREFETCH_CHUNK));
+            self.send(Piece::Data(full))?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub struct PipeReader {
+    rx: Receiver<Piece>,
+    cur: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Piece::Data(d)) => {
+                    self.cur = d;
+                    self.pos = 0;
+                }
+                Ok(Piece::End) => self.ended = true,
+                Ok(Piece::Failed(e)) => return Err(e),
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the producer stopped without finishing the stream",
+                    ))
+                }
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod pipe_tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_pipe_ends_a_dropped_one_fails() {
+        let (mut w, mut r) = pipe(2);
+        let t = std::thread::spawn(move || {
+            w.write_all(&[5u8; 600_000]).unwrap();
+            w.close().unwrap();
+        });
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        t.join().unwrap();
+        assert_eq!(out.len(), 600_000);
+
+        let (mut w, mut r) = pipe(2);
+        let t = std::thread::spawn(move || {
+            w.write_all(&[5u8; 300_000]).unwrap();
+            drop(w);
+        });
+        let mut out = Vec::new();
+        assert_eq!(
+            r.read_to_end(&mut out).unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+        t.join().unwrap();
+
+        let (w, mut r) = pipe(2);
+        w.fail(io::Error::other("disk error"));
+        assert_eq!(
+            r.read(&mut [0u8; 10]).unwrap_err().to_string(),
+            "disk error"
+        );
+    }
+}

@@ -7,6 +7,7 @@
 //! entries are allowed. Everything else is **rejected** with the member's name: a
 //! skipped member could be an attack or a sign of an image we would import wrongly.
 
+pub mod pack;
 pub mod pargz;
 
 use std::fs::OpenOptions;

@@ -223,7 +223,11 @@ mod tests {
         for i in 0..1_500_000u32 {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
             // Mixed: compressible runs and noise.
-            data.push(if i % 3000 < 1500 { (i / 1000) as u8 } else { (x >> 24) as u8 });
+            data.push(if i % 3000 < 1500 {
+                (i / 1000) as u8
+            } else {
+                (x >> 24) as u8
+            });
         }
         for (len, level, threads) in [
             (0, 6, 2),
@@ -239,7 +243,10 @@ mod tests {
     #[test]
     fn dictionary_keeps_the_ratio_close_to_serial_gzip() {
         let text: Vec<u8> = (0..2_000_000u32)
-            .map(|i| b"the quick brown fox jumps over the lazy dog "[(i % 44) as usize] ^ ((i / 7919) as u8 & 1))
+            .map(|i| {
+                b"the quick brown fox jumps over the lazy dog "[(i % 44) as usize]
+                    ^ ((i / 7919) as u8 & 1)
+            })
             .collect();
         let mut w = ParGzWriter::new(Vec::new(), 6, 2).unwrap();
         w.write_all(&text).unwrap();

@@ -7,18 +7,21 @@
 //! holding the SR lock that `SR.scan` takes. Nothing reaches the SR before the whole
 //! chain is valid; the staging directory is removed on every path.
 
+mod export;
 mod lock;
 mod staging;
 
+pub use export::{export, ChainSpec, Exported};
 pub use lock::SrLock;
 pub use staging::{sweep, Staging, STAGING_PREFIX};
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use crate::bundle::pack::PackOptions;
 use crate::bundle::{self, BundleError, Limits};
 use crate::error::{ErrorKind, Kind};
-use crate::store::{Digests, Expected, HashingReader, Source, StoreError};
+use crate::store::{Digests, Expected, HashingReader, Source, StoreError, Target};
 use crate::stream::Prefetch;
 use crate::vhd::{self, chain::Chain, check::CheckOptions, OpenMode, Vhd, VhdError};
 
@@ -285,5 +288,59 @@ pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
         imported,
         stream: stream.expect("verify ran"),
         expected,
+    })
+}
+
+/// A finished upload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Uploaded {
+    /// VDI UUIDs sent, in member order (leaf first).
+    pub uuids: Vec<String>,
+    pub members: Vec<String>,
+    /// What went over the wire (the gzipped tarball).
+    pub stream: Digests,
+}
+
+/// The upload engine shared by the CLI and the plugin: stage the chain, then tar and
+/// gzip it on a producer thread (all cores) into a bounded pipe that the store reads
+/// while hashing. If anything fails while streaming, the store gets a broken stream,
+/// never a short complete image; the record is read back and compared afterwards.
+pub fn upload(sr: &Path, spec: &ChainSpec, target: &Target, pack: PackOptions) -> Result<Uploaded> {
+    target.prepare()?;
+    let exported = export(sr, spec)?;
+    let (writer, reader) = crate::stream::pipe(8);
+    let (sent, produced) = std::thread::scope(|s| {
+        let members = &exported.members;
+        let producer = s.spawn(move || {
+            crate::bundle::pack::pack(members, writer, pack).and_then(|w| w.close())
+        });
+        let mut body = HashingReader::new(reader);
+        let sent = target.send(&mut body).map(|rec| (rec, body.digests()));
+        // Let the producer see a closed pipe before waiting for it.
+        drop(body);
+        let produced = producer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the tar/gzip producer panicked")));
+        (sent, produced)
+    });
+    // The producer's own error explains a broken stream better than the store's view,
+    // unless it only saw the store hang up.
+    let (v1_record, stream) = match (sent, produced) {
+        (Ok(s), Ok(())) => s,
+        (Err(e), Err(p)) if p.kind() == io::ErrorKind::BrokenPipe => return Err(e.into()),
+        (_, Err(p)) => {
+            return Err(SrError::Io {
+                path: exported.staging.path().to_path_buf(),
+                op: "read the chain for upload",
+                source: p,
+            })
+        }
+        (Err(e), Ok(())) => return Err(e.into()),
+    };
+    target.verify(&stream, v1_record)?;
+    Ok(Uploaded {
+        uuids: exported.uuids.clone(),
+        members: exported.members.iter().map(|(n, _)| n.clone()).collect(),
+        stream,
     })
 }

@@ -171,6 +171,214 @@ impl Glance {
     }
 }
 
+/// What Glance says about an image (the fields an upload checks).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Record {
+    pub id: String,
+    pub status: String,
+    pub checksum: Option<String>,
+    pub os_hash_algo: Option<String>,
+    pub os_hash_value: Option<String>,
+    pub size: Option<u64>,
+}
+
+impl Record {
+    fn from_json(v: &serde_json::Value) -> Record {
+        let s = |k: &str| v[k].as_str().map(str::to_string);
+        Record {
+            id: s("id").unwrap_or_default(),
+            status: s("status").unwrap_or_default(),
+            checksum: s("checksum").map(|c| c.to_lowercase()),
+            os_hash_algo: s("os_hash_algo"),
+            os_hash_value: s("os_hash_value").map(|c| c.to_lowercase()),
+            size: v["size"].as_u64(),
+        }
+    }
+}
+
+const JSON_PATCH: &str = "application/openstack-images-v2.1-json-patch";
+
+impl Glance {
+    fn request(&self, method: &str, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let mut req = match method {
+            "PUT" => self.agent.put(url),
+            "PATCH" => self.agent.patch(url),
+            _ => self.agent.post(url),
+        };
+        for (k, v) in &self.cfg.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        req
+    }
+
+    fn json_of(
+        url: &str,
+        resp: ureq::http::Response<ureq::Body>,
+    ) -> Result<serde_json::Value, StoreError> {
+        let body = resp
+            .into_body()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_string()
+            .map_err(|e| StoreError::transport(url, e))?;
+        serde_json::from_str(&body)
+            .map_err(|e| StoreError::Protocol(format!("{url}: answer is not JSON: {e}")))
+    }
+
+    /// The v2 image record (`GET /v2/images/{id}`).
+    pub fn record(&self, image_id: &str) -> Result<Record, StoreError> {
+        check_id(image_id)?;
+        let url = self.url(&format!("v2/images/{image_id}"));
+        let resp = self.get(&url)?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(StoreError::http_upload(&url, status, resp));
+        }
+        Ok(Record::from_json(&Glance::json_of(&url, resp)?))
+    }
+
+    /// `POST /v2/images`: a new, queued image record for a VHD tarball; its id.
+    pub fn create(
+        &self,
+        name: &str,
+        properties: &[(String, String)],
+    ) -> Result<String, StoreError> {
+        let url = self.url("v2/images");
+        let mut body = serde_json::Map::new();
+        body.insert("name".into(), name.into());
+        body.insert("disk_format".into(), "vhd".into());
+        body.insert("container_format".into(), "ovf".into());
+        for (k, v) in properties {
+            body.entry(k.clone()).or_insert_with(|| v.clone().into());
+        }
+        let resp = self
+            .request("POST", &url)
+            .header("Content-Type", "application/json")
+            .send(serde_json::Value::Object(body).to_string())
+            .map_err(|e| StoreError::transport(&url, e))?;
+        let status = resp.status().as_u16();
+        if status != 201 {
+            return Err(StoreError::http_upload(&url, status, resp));
+        }
+        let rec = Record::from_json(&Glance::json_of(&url, resp)?);
+        check_id(&rec.id)?;
+        Ok(rec.id)
+    }
+
+    /// Before any data: set the formats and properties (v2 PATCH), and make sure the
+    /// image is `queued` — an active image must never be overwritten or half-written.
+    pub fn prepare_upload(
+        &self,
+        image_id: &str,
+        properties: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        check_id(image_id)?;
+        match self.cfg.api {
+            Api::V2 => {
+                let url = self.url(&format!("v2/images/{image_id}"));
+                let mut ops = vec![
+                    serde_json::json!({"op": "replace", "path": "/disk_format", "value": "vhd"}),
+                    serde_json::json!({"op": "replace", "path": "/container_format", "value": "ovf"}),
+                ];
+                for (k, v) in properties {
+                    ops.push(serde_json::json!({"op": "add", "path": format!("/{}", json_pointer_escape(k)), "value": v}));
+                }
+                let resp = self
+                    .request("PATCH", &url)
+                    .header("Content-Type", JSON_PATCH)
+                    .send(serde_json::Value::Array(ops).to_string())
+                    .map_err(|e| StoreError::transport(&url, e))?;
+                let status = resp.status().as_u16();
+                if status != 200 {
+                    return Err(StoreError::http_upload(&url, status, resp));
+                }
+                let rec = self.record(image_id)?;
+                if rec.status != "queued" {
+                    return Err(StoreError::NotQueued {
+                        id: image_id.to_string(),
+                        status: rec.status,
+                    });
+                }
+                Ok(())
+            }
+            Api::V1 | Api::V1Diablo => {
+                let url = self.url(&self.image_path(image_id));
+                let mut req = self.agent.head(&url);
+                for (k, v) in &self.cfg.headers {
+                    req = req.header(k.as_str(), v.as_str());
+                }
+                let resp = req.call().map_err(|e| StoreError::transport(&url, e))?;
+                let status = resp.status().as_u16();
+                if status != 200 {
+                    return Err(StoreError::http_upload(&url, status, resp));
+                }
+                let st = resp
+                    .headers()
+                    .get("x-image-meta-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                if st != "queued" {
+                    return Err(StoreError::NotQueued {
+                        id: image_id.to_string(),
+                        status: st,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Stream `body` as the image data with chunked transfer encoding. If `body` fails,
+    /// ureq stops without the terminating chunk, so Glance sees a broken upload and
+    /// never a short "complete" image.
+    pub fn put_data(
+        &self,
+        image_id: &str,
+        properties: &[(String, String)],
+        body: &mut dyn Read,
+    ) -> Result<Option<Record>, StoreError> {
+        check_id(image_id)?;
+        let (url, ok) = match self.cfg.api {
+            Api::V2 => (self.url(&format!("v2/images/{image_id}/file")), 204),
+            Api::V1 | Api::V1Diablo => (self.url(&self.image_path(image_id)), 200),
+        };
+        let mut req = self
+            .request("PUT", &url)
+            // No length: ureq sends it chunked.
+            .header("Content-Type", "application/octet-stream");
+        if self.cfg.api != Api::V2 {
+            req = req
+                .header("x-image-meta-disk-format", "vhd")
+                .header("x-image-meta-container-format", "ovf")
+                .header("x-image-meta-is-public", "False")
+                .header("x-image-meta-status", "queued")
+                .header("x-glance-registry-purge-props", "False");
+            for (k, v) in properties {
+                req = req.header(format!("x-image-meta-property-{k}").as_str(), v.as_str());
+            }
+        }
+        let resp = req
+            .send(ureq::SendBody::from_reader(body))
+            .map_err(|e| StoreError::transport(&url, e))?;
+        let status = resp.status().as_u16();
+        if status != ok {
+            return Err(StoreError::http_upload(&url, status, resp));
+        }
+        if self.cfg.api == Api::V2 {
+            return Ok(None);
+        }
+        // v1 answers with the image's metadata.
+        let v = Glance::json_of(&url, resp)?;
+        Ok(Some(Record::from_json(&v["image"])))
+    }
+}
+
+/// RFC 6901: `~` → `~0`, `/` → `~1`.
+fn json_pointer_escape(k: &str) -> String {
+    k.replace('~', "~0").replace('/', "~1")
+}
+
 /// Image ids go into URL paths: refuse anything that could change the path.
 fn check_id(id: &str) -> Result<(), StoreError> {
     let ok = !id.is_empty()

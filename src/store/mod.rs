@@ -23,6 +23,16 @@ pub enum StoreError {
         url: String,
         status: u16,
         body: String,
+        /// Upload and download classify statuses differently (DESIGN §3).
+        upload: bool,
+    },
+    #[error("image {id} is {status:?}, not \"queued\": it cannot take data")]
+    NotQueued { id: String, status: String },
+    #[error("{}: cannot write the image", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
     },
     #[error("{url}")]
     Transport {
@@ -69,6 +79,26 @@ impl StoreError {
             url: url.to_string(),
             status,
             body,
+            upload: false,
+        }
+    }
+
+    /// The same, classified as an upload status.
+    pub fn http_upload(
+        url: &str,
+        status: u16,
+        resp: ureq::http::Response<ureq::Body>,
+    ) -> StoreError {
+        match StoreError::http(url, status, resp) {
+            StoreError::Http {
+                url, status, body, ..
+            } => StoreError::Http {
+                url,
+                status,
+                body,
+                upload: true,
+            },
+            other => other,
         }
     }
 }
@@ -77,12 +107,25 @@ impl Kind for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             StoreError::Unsupported(_) | StoreError::Protocol(_) => ErrorKind::InvalidInput,
-            // Download classes (DESIGN §3): 404 not found; other 4xx permanent (the old
-            // plugin retried 401/403 pointlessly); 5xx and the network retryable.
+            // Upload classes: the table Nova relies on (DESIGN §3); 404 is ImageNotFound.
+            StoreError::Http {
+                status,
+                upload: true,
+                ..
+            } => match status {
+                404 => ErrorKind::NotFound,
+                400..=403 | 405..=407 | 409..=417 | 422..=424 | 426 | 501 | 505 | 510 => {
+                    ErrorKind::Permanent
+                }
+                _ => ErrorKind::Retryable,
+            },
+            // Download classes: 404 not found; other 4xx permanent (the old plugin
+            // retried 401/403 pointlessly); 5xx and the network retryable.
             StoreError::Http { status: 404, .. } => ErrorKind::NotFound,
             StoreError::Http { status, .. } if (400..500).contains(status) => ErrorKind::Permanent,
             StoreError::Http { .. } | StoreError::Transport { .. } => ErrorKind::Retryable,
-            StoreError::NoData(_) => ErrorKind::Permanent,
+            StoreError::NoData(_) | StoreError::NotQueued { .. } => ErrorKind::Permanent,
+            StoreError::Write { .. } => ErrorKind::Io,
             StoreError::Open { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 ErrorKind::NotFound
             }
@@ -175,6 +218,128 @@ impl Source {
             Source::Glance(g, id) => g.download(id),
         }
     }
+}
+
+/// Where an upload goes.
+pub enum Target {
+    /// `file:///path/image.tgz` (temp name, fsync, rename) or `-` (stdout).
+    Local(Location),
+    Glance {
+        glance: glance::Glance,
+        image_id: String,
+        properties: Vec<(String, String)>,
+    },
+}
+
+impl Target {
+    /// Checks before any data flows: the image exists and is `queued`; formats and
+    /// properties are set (v2).
+    pub fn prepare(&self) -> Result<(), StoreError> {
+        match self {
+            Target::Local(_) => Ok(()),
+            Target::Glance {
+                glance,
+                image_id,
+                properties,
+            } => glance.prepare_upload(image_id, properties),
+        }
+    }
+
+    /// Send the whole body; `Ok` only if the store accepted a complete image.
+    pub fn send(&self, body: &mut dyn Read) -> Result<Option<glance::Record>, StoreError> {
+        match self {
+            Target::Local(Location::Stdin) => {
+                let mut out = io::stdout().lock();
+                io::copy(body, &mut out).map_err(|source| StoreError::Write {
+                    path: "<stdout>".into(),
+                    source,
+                })?;
+                io::Write::flush(&mut out).map_err(|source| StoreError::Write {
+                    path: "<stdout>".into(),
+                    source,
+                })?;
+                Ok(None)
+            }
+            Target::Local(Location::File(path)) => {
+                write_atomically(path, body)?;
+                Ok(None)
+            }
+            Target::Glance {
+                glance,
+                image_id,
+                properties,
+            } => glance.put_data(image_id, properties, body),
+        }
+    }
+
+    /// After the upload: the store's record must match what we sent.
+    pub fn verify(
+        &self,
+        sent: &Digests,
+        v1_answer: Option<glance::Record>,
+    ) -> Result<(), StoreError> {
+        let Target::Glance {
+            glance, image_id, ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let rec = match v1_answer {
+            Some(r) => r,
+            None => glance.record(image_id)?,
+        };
+        if !rec.status.is_empty() && rec.status != "active" {
+            return Err(StoreError::Protocol(format!(
+                "image {image_id} is {:?} after the upload, not \"active\"",
+                rec.status
+            )));
+        }
+        let expected = Expected {
+            md5: rec.checksum,
+            sha512: rec
+                .os_hash_value
+                .filter(|_| rec.os_hash_algo.as_deref() == Some("sha512")),
+            size: rec.size,
+        };
+        if expected.md5.is_none() {
+            return Err(StoreError::Protocol(format!(
+                "image {image_id}: the store reports no checksum to verify the upload against"
+            )));
+        }
+        expected.verify(sent)
+    }
+}
+
+/// Write `body` to a temporary name beside `path`, fsync, then rename: a reader of
+/// `path` sees the old file or the whole new one.
+fn write_atomically(path: &std::path::Path, body: &mut dyn Read) -> Result<(), StoreError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.partial", uuid::Uuid::new_v4()));
+    let werr = |source| StoreError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let result = (|| {
+        let mut f = File::create_new(&tmp)?;
+        io::copy(body, &mut f)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(werr)
 }
 
 /// MD5 (Glance `checksum`) and SHA-512 (`os_hash_value`) of what passes through, and

@@ -1,0 +1,118 @@
+//! Packing a chain for upload: a tar of `./`, `./0.vhd` (leaf) … `./n-1.vhd` (base) — or
+//! the Diablo names — with GNU headers, each file's mode and mtime kept, gzipped in
+//! parallel into one member ([`super::pargz`]). This is the format the old plugins made
+//! with `tar -zc --directory=STAGING .`, readable by GNU tar and Python `tarfile` `r|gz`.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use super::pargz::ParGzWriter;
+use crate::stream::DropBehind;
+
+/// What to compress with.
+#[derive(Debug, Clone, Copy)]
+pub struct PackOptions {
+    /// gzip level, 1–9 (the property `xenapi_image_compression_level`); 6 as GNU gzip.
+    pub level: u32,
+    /// Compression threads; the number of cores by default.
+    pub threads: usize,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions {
+            level: 6,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        }
+    }
+}
+
+/// Write the tarball of `members` (`(name in the tar, file)`, in order) into `out`.
+/// Returns `out` after the gzip trailer; on error the stream is left unfinished.
+pub fn pack<W: Write>(members: &[(String, PathBuf)], out: W, opts: PackOptions) -> io::Result<W> {
+    let gz = ParGzWriter::new(out, opts.level, opts.threads)?;
+    let mut tar = tar::Builder::new(gz);
+    tar.mode(tar::HeaderMode::Complete);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_mtime(now);
+    dir.set_size(0);
+    set_name(&mut dir, "./")?;
+    dir.set_cksum();
+    tar.append(&dir, io::empty())?;
+    for (name, path) in members {
+        let file = File::open(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let meta = file.metadata()?;
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(meta.mode() & 0o7777);
+        h.set_mtime(meta.mtime().max(0) as u64);
+        h.set_uid(meta.uid() as u64);
+        h.set_gid(meta.gid() as u64);
+        h.set_size(meta.len());
+        set_name(&mut h, &format!("./{name}"))?;
+        h.set_cksum();
+        // The size in the header is a promise: a file that changes length while we read
+        // it makes `append` fail rather than produce a corrupt archive.
+        tar.append(
+            &h,
+            Exact {
+                inner: DropBehind::new(file),
+                remaining: meta.len(),
+                path: path.clone(),
+            },
+        )?;
+    }
+    let gz = tar.into_inner()?;
+    gz.finish()
+}
+
+/// Member names are short (`./12.vhd`, `./image.vhd`): they go into the header's name
+/// field as they are, `./` included, as GNU tar writes them.
+fn set_name(h: &mut tar::Header, name: &str) -> io::Result<()> {
+    let field = &mut h.as_old_mut().name;
+    if name.len() >= field.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("member name {name:?} too long"),
+        ));
+    }
+    field.fill(0);
+    field[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(())
+}
+
+/// Exactly `remaining` bytes of `inner`: more are not read, fewer are an error.
+struct Exact<R> {
+    inner: R,
+    remaining: u64,
+    path: PathBuf,
+}
+
+impl<R: io::Read> io::Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(self.remaining as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} shrank while it was being read", self.path.display()),
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
