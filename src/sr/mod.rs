@@ -309,10 +309,19 @@ pub fn upload(sr: &Path, spec: &ChainSpec, target: &Target, pack: PackOptions) -
     target.prepare()?;
     let exported = export(sr, spec)?;
     let (writer, reader) = crate::stream::pipe(8);
+    // Test hook (README "Testing hooks"): break the stream after N bytes, to show that
+    // a failed upload is never terminated.
+    let fail_after = std::env::var("GLANCE_VHD_TEST_FAIL_UPLOAD_AFTER")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
     let (sent, produced) = std::thread::scope(|s| {
         let members = &exported.members;
         let producer = s.spawn(move || {
-            crate::bundle::pack::pack(members, writer, pack).and_then(|w| w.close())
+            let out = FailAfter {
+                inner: writer,
+                left: fail_after.unwrap_or(u64::MAX),
+            };
+            crate::bundle::pack::pack(members, out, pack).and_then(|w| w.inner.close())
         });
         let mut body = HashingReader::new(reader);
         let sent = target.send(&mut body).map(|rec| (rec, body.digests()));
@@ -343,4 +352,28 @@ pub fn upload(sr: &Path, spec: &ChainSpec, target: &Target, pack: PackOptions) -
         members: exported.members.iter().map(|(n, _)| n.clone()).collect(),
         stream,
     })
+}
+
+/// A writer that fails once `left` bytes have passed (the upload test hook).
+struct FailAfter<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W: io::Write> io::Write for FailAfter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other(
+                "injected failure (GLANCE_VHD_TEST_FAIL_UPLOAD_AFTER)",
+            ));
+        }
+        let n = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.write(&buf[..n])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }

@@ -182,7 +182,9 @@ pub fn info(path: &Path) -> Result<Info> {
         virtual_size: f.curr_size,
         original_size: f.orig_size,
         file_size: vhd.file_size,
-        physical_size: vhd.end_of_data() + 512,
+        // end_of_data saturates at u64::MAX for a hostile locator/batmap offset (fuzz:
+        // tests/fixtures/fuzz/vhd_open-physical-size-overflow.bin): saturate here too.
+        physical_size: vhd.end_of_data().saturating_add(512),
         created: Timestamp::from_vhd(f.timestamp),
         creator: Creator {
             application: String::from_utf8_lossy(&f.creator_app)

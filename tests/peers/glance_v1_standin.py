@@ -11,8 +11,14 @@ or by options:
   --cut-at N           close the connection after N body bytes
   --stall-at N         send N body bytes, then stall (never close) for 60 s
   --drip               send the body 1 KiB every 0.2 s
+Uploads (v1): HEAD {prefix}/v1/images/<id> says x-image-meta-status "queued" unless
+<dir>/<id> exists ("active"); PUT reads a chunked body: complete (terminating chunk seen)
+→ stored as <dir>/<id>, answered 200 with the v1 image JSON; the request headers go to
+<dir>/<id>.put-headers.json; a body that breaks off before its terminating chunk →
+<dir>/<id>.broken, nothing stored.
 Prints the port on stdout, logs requests (with headers) to stderr. Stops after 120 s idle.
 """
+import json
 import argparse, hashlib, http.server, os, socketserver, sys, threading, time
 
 ap = argparse.ArgumentParser()
@@ -83,6 +89,72 @@ class H(http.server.BaseHTTPRequestHandler):
                 time.sleep(0.2)
             return
         self.wfile.write(data)
+
+    def image_id(self):
+        path = self.path
+        if args.prefix:
+            if not path.startswith(args.prefix + "/"):
+                return None
+            path = path[len(args.prefix):]
+        for form in ("/v1/images/", "/images/"):
+            if path.startswith(form):
+                i = path[len(form):]
+                return i if i and "/" not in i else None
+        return None
+
+    def do_HEAD(self):
+        last[0] = time.time()
+        image_id = self.image_id()
+        if image_id is None:
+            return self.fail(404)
+        if args.status:
+            return self.fail(args.status)
+        exists = os.path.isfile(os.path.join(args.dir, image_id))
+        self.send_response(200)
+        self.send_header("x-image-meta-status", "active" if exists else "queued")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_PUT(self):
+        last[0] = time.time()
+        image_id = self.image_id()
+        if image_id is None:
+            return self.fail(404)
+        if args.status:
+            return self.fail(args.status)
+        json.dump(dict(self.headers), open(os.path.join(args.dir, image_id + ".put-headers.json"), "w"))
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            return self.fail(411)
+        data, complete = bytearray(), False
+        try:
+            while True:
+                line = self.rfile.readline()
+                if not line:
+                    break
+                size = int(line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    complete = True
+                    break
+                chunk = self.rfile.read(size)
+                if len(chunk) < size:
+                    break
+                data += chunk
+                self.rfile.readline()
+        except (ValueError, OSError):
+            pass
+        if not complete:
+            open(os.path.join(args.dir, image_id + ".broken"), "wb").write(bytes(data))
+            self.close_connection = True
+            return
+        open(os.path.join(args.dir, image_id), "wb").write(bytes(data))
+        md5 = hashlib.md5(bytes(data)).hexdigest()
+        body = json.dumps({"image": {"id": image_id, "status": "active", "checksum": md5, "size": len(data)}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def fail(self, code):
         body = b'{"error": "%d"}' % code

@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""A loopback TCP proxy for fault tests: forwards 127.0.0.1:<printed port> to TARGET_PORT
+and cuts the connection once CUT_AT bytes of the server's response have been passed on
+(--cut-at), or after the first connection only (--first-only). Prints its port on stdout.
+Stops after 120 s without a connection."""
+import argparse, socket, sys, threading, time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("target_port", type=int)
+ap.add_argument("--cut-at", type=int, required=True)
+ap.add_argument("--first-only", action="store_true")
+args = ap.parse_args()
+count = [0]
+last = [time.time()]
+
+
+def pipe(src, dst, limit):
+    passed = 0
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            if limit is not None and passed + len(data) >= limit:
+                dst.sendall(data[: limit - passed])
+                break
+            dst.sendall(data)
+            passed += len(data)
+    except OSError:
+        pass
+    for s in (src, dst):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        s.close()
+
+
+def handle(client):
+    count[0] += 1
+    cut = args.cut_at if (count[0] == 1 or not args.first_only) else None
+    server = socket.create_connection(("127.0.0.1", args.target_port))
+    threading.Thread(target=pipe, args=(client, server, None), daemon=True).start()
+    threading.Thread(target=pipe, args=(server, client, cut), daemon=True).start()
+
+
+lsock = socket.socket()
+lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+lsock.bind(("127.0.0.1", 0))
+lsock.listen(16)
+lsock.settimeout(1)
+print(lsock.getsockname()[1], flush=True)
+while time.time() - last[0] < 120:
+    try:
+        c, _ = lsock.accept()
+    except socket.timeout:
+        continue
+    last[0] = time.time()
+    handle(c)

@@ -1,0 +1,492 @@
+//! Upload from an SR: to the local store (read back with GNU tar, gzip and Python
+//! `tarfile` `r|gz`) and to the Glance v1 stand-in (headers, queued check, status
+//! classes, a broken stream that must never be terminated).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// An SR holding the tap sample chain grandchild → child → parent under VDI UUIDs,
+/// made by our own download of a GNU-tar tarball.
+struct Sr {
+    dir: tempfile::TempDir,
+    sr: PathBuf,
+    uuids: [&'static str; 3],
+}
+
+const UUIDS: [&str; 3] = [
+    "aaaaaaaa-0000-4000-8000-000000000001",
+    "aaaaaaaa-0000-4000-8000-000000000002",
+    "aaaaaaaa-0000-4000-8000-000000000003",
+];
+
+fn sr_with_chain() -> Sr {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = common::unpacked_samples();
+    let stage = dir.path().join("stage");
+    std::fs::create_dir(&stage).unwrap();
+    for (i, f) in ["grandchild.vhd", "child.vhd", "parent.vhd"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::copy(samples.path().join(f), stage.join(format!("{i}.vhd"))).unwrap();
+    }
+    let tgz = dir.path().join("in.tgz");
+    assert!(Command::new("tar")
+        .arg("-zcf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&stage)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let sr = dir.path().join("5e5e5e5e-1111-4222-8333-444455556666");
+    std::fs::create_dir(&sr).unwrap();
+    let url = format!("file://{}", tgz.display());
+    let lock = dir.path().join("lock");
+    let o = common::run(
+        dir.path(),
+        &[
+            "download",
+            "--endpoint",
+            &url,
+            "--sr-path",
+            sr.to_str().unwrap(),
+            "--lock-dir",
+            lock.to_str().unwrap(),
+            "--uuid",
+            UUIDS[0],
+            "--uuid",
+            UUIDS[1],
+            "--uuid",
+            UUIDS[2],
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    Sr {
+        dir,
+        sr,
+        uuids: UUIDS,
+    }
+}
+
+impl Sr {
+    fn upload(&self, endpoint: &str, extra: &[&str]) -> Output {
+        self.upload_env(endpoint, extra, &[])
+    }
+
+    fn upload_env(&self, endpoint: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut args = vec![
+            "upload",
+            "--endpoint",
+            endpoint,
+            "--sr-path",
+            self.sr.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Command::new(common::bin())
+            .args(&args)
+            .envs(env.iter().copied())
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    fn vdi(&self, i: usize) -> PathBuf {
+        self.sr.join(format!("{}.vhd", self.uuids[i]))
+    }
+
+    fn no_staging_left(&self) {
+        let left: Vec<_> = std::fs::read_dir(&self.sr)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".glance-vhd-staging"))
+            .collect();
+        assert!(left.is_empty(), "staging left: {left:?}");
+    }
+}
+
+/// Unpack `tgz` with GNU tar into a new directory and return it.
+fn gnu_untar(tgz: &Path, into: &Path) {
+    std::fs::create_dir_all(into).unwrap();
+    let st = Command::new("tar")
+        .arg("-zxf")
+        .arg(tgz)
+        .arg("-C")
+        .arg(into)
+        .status()
+        .unwrap();
+    assert!(st.success(), "GNU tar could not read {}", tgz.display());
+}
+
+#[test]
+fn local_upload_by_leaf_reads_back_with_gnu_tar_gzip_and_python() {
+    let s = sr_with_chain();
+    let out = s.dir.path().join("up.tgz");
+    let url = format!("file://{}", out.display());
+    let o = s.upload(&url, &["--leaf", s.uuids[0], "--image-id", "x", "--json"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["vdis"], serde_json::json!(s.uuids));
+    assert_eq!(v["members"], serde_json::json!(["0.vhd", "1.vhd", "2.vhd"]));
+    let md5 = Command::new("md5sum").arg(&out).output().unwrap();
+    assert_eq!(
+        v["stream"]["md5"].as_str().unwrap(),
+        &common::stdout(&md5)[..32]
+    );
+    assert!(Command::new("gzip")
+        .arg("-t")
+        .arg(&out)
+        .status()
+        .unwrap()
+        .success());
+    // GNU tar: the members, in order, byte-identical to the SR's files.
+    let list = Command::new("tar").arg("-tzf").arg(&out).output().unwrap();
+    assert_eq!(common::stdout(&list), "./\n./0.vhd\n./1.vhd\n./2.vhd\n");
+    let x = s.dir.path().join("x");
+    gnu_untar(&out, &x);
+    for i in 0..3 {
+        assert_eq!(
+            std::fs::read(x.join(format!("{i}.vhd"))).unwrap(),
+            std::fs::read(s.vdi(i)).unwrap(),
+            "{i}.vhd"
+        );
+    }
+    // Python tarfile in stream mode, as the old plugin read it.
+    let py = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys,tarfile,hashlib\n\
+             t=tarfile.open(sys.argv[1],'r|gz')\n\
+             for m in t:\n  f=t.extractfile(m)\n  print(m.name, hashlib.sha256(f.read()).hexdigest() if f else '-')",
+        )
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", common::stderr(&py));
+    let lines: Vec<String> = common::stdout(&py).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for i in 0..3 {
+        assert_eq!(
+            lines[i + 1],
+            format!("./{i}.vhd {}", common::sha256_file(&s.vdi(i)))
+        );
+    }
+    s.no_staging_left();
+    // And our own download of it reproduces the chain's content.
+    let sr2 = s.dir.path().join("6e6e6e6e-1111-4222-8333-444455556666");
+    std::fs::create_dir(&sr2).unwrap();
+    let lock = s.dir.path().join("lock2");
+    let o = common::run(
+        s.dir.path(),
+        &[
+            "download",
+            "--endpoint",
+            &url,
+            "--sr-path",
+            sr2.to_str().unwrap(),
+            "--lock-dir",
+            lock.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let leaf = common::stdout(&o).lines().next().unwrap().to_string();
+    let raw = s.dir.path().join("leaf.raw");
+    let o = common::run(
+        s.dir.path(),
+        &[
+            "vhd",
+            "read",
+            sr2.join(format!("{leaf}.vhd")).to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success());
+    assert_eq!(
+        common::sha256_file(&raw),
+        "9d79e9372eb2b98c93e9be5efe933f685564698b6795704fa342f19883b1c552"
+    );
+}
+
+#[test]
+fn levels_threads_and_the_property_all_give_valid_streams() {
+    let s = sr_with_chain();
+    let mut sizes = Vec::new();
+    for (i, extra) in [
+        vec!["--compression-level", "1", "--threads", "1"],
+        vec!["--compression-level", "9", "--threads", "2"],
+        vec!["--property", "xenapi_image_compression_level=1"],
+        vec!["--threads", "3"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = s.dir.path().join(format!("l{i}.tgz"));
+        let url = format!("file://{}", out.display());
+        let mut args = vec![
+            "--vdi",
+            s.uuids[0],
+            "--vdi",
+            s.uuids[1],
+            "--vdi",
+            s.uuids[2],
+            "--image-id",
+            "x",
+        ];
+        args.extend_from_slice(extra);
+        let o = s.upload(&url, &args);
+        assert!(o.status.success(), "{extra:?}: {}", common::stderr(&o));
+        let x = s.dir.path().join(format!("x{i}"));
+        gnu_untar(&out, &x);
+        assert_eq!(
+            std::fs::read(x.join("0.vhd")).unwrap(),
+            std::fs::read(s.vdi(0)).unwrap()
+        );
+        sizes.push(std::fs::metadata(&out).unwrap().len());
+    }
+    assert!(
+        sizes[1] < sizes[0],
+        "level 9 ({}) not smaller than level 1 ({})",
+        sizes[1],
+        sizes[0]
+    );
+    // Only the ./ entry's mtime differs between runs: level 1 by property ≈ by flag.
+    let (a, b) = (sizes[2] as f64, sizes[0] as f64);
+    assert!(
+        (a - b).abs() / b < 0.01 && sizes[2] > sizes[1],
+        "the property sets the level: {sizes:?}"
+    );
+}
+
+#[test]
+fn bad_requests_leave_nothing() {
+    let s = sr_with_chain();
+    let out = s.dir.path().join("bad.tgz");
+    let url = format!("file://{}", out.display());
+    // A VDI that does not exist.
+    let o = s.upload(
+        &url,
+        &[
+            "--vdi",
+            "bbbbbbbb-0000-4000-8000-000000000009",
+            "--image-id",
+            "x",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(4), "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("bbbbbbbb-0000-4000-8000-000000000009"));
+    // A chain that leaves the SR: the leaf's parent is a file elsewhere.
+    let other = s.dir.path().join("elsewhere");
+    std::fs::create_dir(&other).unwrap();
+    let leaf = "cccccccc-0000-4000-8000-000000000001";
+    std::fs::copy(s.vdi(0), s.sr.join(format!("{leaf}.vhd"))).unwrap();
+    std::fs::copy(s.vdi(1), other.join("p.vhd")).unwrap();
+    std::fs::copy(s.vdi(2), other.join(format!("{}.vhd", s.uuids[2]))).unwrap();
+    let o = common::run(
+        s.dir.path(),
+        &[
+            "vhd",
+            "set-parent",
+            s.sr.join(format!("{leaf}.vhd")).to_str().unwrap(),
+            other.join("p.vhd").to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let o = s.upload(&url, &["--leaf", leaf, "--image-id", "x"]);
+    assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("not a <uuid>.vhd in the SR"),
+        "{}",
+        common::stderr(&o)
+    );
+    // Usage errors.
+    let o = s.upload(&url, &["--image-id", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = s.upload(&url, &["--leaf", leaf]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = s.upload(
+        &url,
+        &[
+            "--leaf",
+            leaf,
+            "--image-id",
+            "x",
+            "--compression-level",
+            "10",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!out.exists());
+    s.no_staging_left();
+}
+
+struct Standin {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Standin {
+    fn start(dir: &Path, opts: &[&str]) -> Standin {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut child = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/glance_v1_standin.py"))
+            .arg(dir)
+            .args(opts)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        Standin {
+            child,
+            port: line.trim().parse().unwrap(),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn v1_upload_headers_queued_check_and_status_classes() {
+    let s = sr_with_chain();
+    let g = Standin::start(&s.dir.path().join("store"), &[]);
+    let chain = [
+        "--vdi", s.uuids[0], "--vdi", s.uuids[1], "--vdi", s.uuids[2],
+    ];
+    let mut args = chain.to_vec();
+    args.extend_from_slice(&[
+        "--api-version",
+        "1",
+        "--image-id",
+        "img-7",
+        "--property",
+        "os_type=linux",
+        "--property",
+        "auto_disk_config=True",
+        "--header",
+        "X-Auth-Token: tok",
+    ]);
+    let o = s.upload(&g.url(), &args);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert_eq!(common::stdout(&o), "img-7\n");
+    let stored = g.dir.join("img-7");
+    let x = s.dir.path().join("x");
+    gnu_untar(&stored, &x);
+    assert_eq!(
+        std::fs::read(x.join("2.vhd")).unwrap(),
+        std::fs::read(s.vdi(2)).unwrap()
+    );
+    let h: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(g.dir.join("img-7.put-headers.json")).unwrap())
+            .unwrap();
+    let hv = |k: &str| {
+        h.as_object()
+            .unwrap()
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.as_str().unwrap().to_string())
+    };
+    assert_eq!(hv("x-image-meta-disk-format").as_deref(), Some("vhd"));
+    assert_eq!(hv("x-image-meta-container-format").as_deref(), Some("ovf"));
+    assert_eq!(hv("x-image-meta-is-public").as_deref(), Some("False"));
+    assert_eq!(hv("x-image-meta-status").as_deref(), Some("queued"));
+    assert_eq!(
+        hv("x-glance-registry-purge-props").as_deref(),
+        Some("False")
+    );
+    assert_eq!(
+        hv("x-image-meta-property-os_type").as_deref(),
+        Some("linux")
+    );
+    assert_eq!(
+        hv("x-image-meta-property-auto_disk_config").as_deref(),
+        Some("True")
+    );
+    assert_eq!(hv("x-auth-token").as_deref(), Some("tok"));
+    assert_eq!(hv("transfer-encoding").as_deref(), Some("chunked"));
+    // The image is active now: a second upload is refused before any data flows.
+    let o = s.upload(&g.url(), &args);
+    assert_eq!(o.status.code(), Some(1), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("not \"queued\""),
+        "{}",
+        common::stderr(&o)
+    );
+    s.no_staging_left();
+    drop(g);
+    // Status classes (DESIGN §3): 404 not found, 409 permanent, 503 retryable.
+    for (status, code) in [("404", 4), ("409", 1), ("503", 5), ("413", 1), ("408", 5)] {
+        let g = Standin::start(
+            &s.dir.path().join(format!("store-{status}")),
+            &["--status", status],
+        );
+        let mut a = chain.to_vec();
+        a.extend_from_slice(&["--api-version", "1", "--image-id", "img-8"]);
+        let o = s.upload(&g.url(), &a);
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "HTTP {status}: {}",
+            common::stderr(&o)
+        );
+    }
+    s.no_staging_left();
+}
+
+#[test]
+fn a_stream_that_breaks_is_never_terminated() {
+    let s = sr_with_chain();
+    let g = Standin::start(&s.dir.path().join("store"), &[]);
+    for after in ["0", "10", "5000"] {
+        let id = format!("img-broken-{after}");
+        let o = s.upload_env(
+            &g.url(),
+            &[
+                "--vdi",
+                s.uuids[0],
+                "--vdi",
+                s.uuids[1],
+                "--vdi",
+                s.uuids[2],
+                "--api-version",
+                "1",
+                "--image-id",
+                &id,
+            ],
+            &[("GLANCE_VHD_TEST_FAIL_UPLOAD_AFTER", after)],
+        );
+        assert!(!o.status.success(), "after {after}: accepted");
+        assert!(
+            common::stderr(&o).contains("injected failure"),
+            "{}",
+            common::stderr(&o)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            !g.dir.join(&id).exists(),
+            "after {after}: the store took a complete image"
+        );
+        assert!(
+            g.dir.join(format!("{id}.broken")).exists(),
+            "after {after}: no broken upload seen"
+        );
+    }
+    s.no_staging_left();
+}
