@@ -52,6 +52,16 @@ pub enum Command {
         after_help = "Examples:\n  glance-vhd upload --endpoint http://glance:9292 --header \"X-Auth-Token: $TOKEN\" \\\n      --sr-path /var/run/sr-mount/$SR --leaf $VDI --create --name nightly-$(date +%F)\n  glance-vhd upload --endpoint file:///srv/images/web.tgz --sr-path /var/run/sr-mount/$SR --vdi $LEAF --vdi $BASE --image-id local"
     )]
     Upload(UploadArgs),
+    /// Answer one xapi plugin call (what plugin-wrapper/glance and kernel exec)
+    #[command(hide = true)]
+    XapiPlugin {
+        /// The plugin name xapi ran (glance, glance.py, kernel, kernel.py)
+        #[arg(long)]
+        name: String,
+        /// The XML-RPC methodCall, as xapi passes it
+        #[arg(allow_hyphen_values = true, num_args = 0..)]
+        xml: Vec<String>,
+    },
     /// Remove staging directories left in an SR by a killed process
     #[command(
         after_help = "Example (cron):\n  glance-vhd sweep --sr-path /var/run/sr-mount/$SR --older-than 3600"
@@ -355,6 +365,7 @@ pub fn main() -> ExitCode {
         Command::Vhd(cmd) => run_vhd(cmd),
         Command::Download(args) => download(&args),
         Command::Upload(args) => upload(&args),
+        Command::XapiPlugin { name, xml } => crate::xapi::main(&name, &xml),
         Command::Sweep {
             sr_path,
             older_than,

@@ -12,3 +12,4 @@ pub mod sr;
 pub mod store;
 pub mod stream;
 pub mod vhd;
+pub mod xapi;
