@@ -14,13 +14,21 @@ SUDO         := $(if $(filter 0,$(shell id -u)),,sudo)
 # ring and other C code build with musl-gcc for the static target.
 export CC_x86_64_unknown_linux_musl := musl-gcc
 
-.PHONY: setup build test unit demo bench install uninstall fuzz clean fmt
+.PHONY: setup build test unit demo bench install uninstall fuzz clean fmt glance glance-stop
 
-setup: $(VENV)/.peers
+setup: $(VENV)/.peers glance
 	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
 	@command -v musl-gcc >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq musl-tools; }
 	@command -v qemu-img >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq qemu-utils; }
 	@command -v strace >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq strace; }
+
+# A real Glance 33 for the tests (pip venv in .venv-glance; the tests start it on
+# 127.0.0.1 and leave it running: `make glance-stop` stops it).
+glance:
+	bash tests/glance/glance.sh install
+
+glance-stop:
+	bash tests/glance/glance.sh stop
 
 # The Python peers the tests drive: libvhdi (independent VHD reader).
 $(VENV)/.peers: tests/peers/requirements.txt

@@ -275,6 +275,15 @@ impl Glance {
         check_id(image_id)?;
         match self.cfg.api {
             Api::V2 => {
+                // Status first: Glance refuses to PATCH formats of a non-queued image with
+                // a bare 403, and "image is active" is the message an admin needs.
+                let rec = self.record(image_id)?;
+                if rec.status != "queued" {
+                    return Err(StoreError::NotQueued {
+                        id: image_id.to_string(),
+                        status: rec.status,
+                    });
+                }
                 let url = self.url(&format!("v2/images/{image_id}"));
                 let mut ops = vec![
                     serde_json::json!({"op": "replace", "path": "/disk_format", "value": "vhd"}),
@@ -291,13 +300,6 @@ impl Glance {
                 let status = resp.status().as_u16();
                 if status != 200 {
                     return Err(StoreError::http_upload(&url, status, resp));
-                }
-                let rec = self.record(image_id)?;
-                if rec.status != "queued" {
-                    return Err(StoreError::NotQueued {
-                        id: image_id.to_string(),
-                        status: rec.status,
-                    });
                 }
                 Ok(())
             }

@@ -1,0 +1,481 @@
+//! Against a real Glance 33 on 127.0.0.1 (tests/glance/glance.sh: pip venv, gunicorn,
+//! sqlite, file store, no keystone). `make test` installs it; these tests start it.
+//! Images go in with a plain HTTP client (tests/glance/glance_client.py) as tarballs
+//! made by GNU tar, the way the old plugin made them, and come out through ours — and
+//! the reverse for uploads.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Glance on sqlite answers "database is locked" (HTTP 500) to concurrent writers: the
+/// tests take turns, each holding this for its whole run.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The URL of the running test Glance (started once per test binary, idempotently).
+fn glance() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let o = Command::new("bash")
+            .arg(repo().join("tests/glance/glance.sh"))
+            .arg("start")
+            .output()
+            .expect("run tests/glance/glance.sh");
+        assert!(
+            o.status.success(),
+            "the test Glance did not start (run `make setup`): {}",
+            common::stderr(&o)
+        );
+        common::stdout(&o).trim().to_string()
+    })
+}
+
+/// tests/glance/glance_client.py with the test Glance's URL.
+fn client(args: &[&str]) -> Output {
+    Command::new("python3")
+        .arg(repo().join("tests/glance/glance_client.py"))
+        .args(args)
+        .env("GLANCE_URL", glance())
+        .output()
+        .expect("run glance_client.py")
+}
+
+fn record(id: &str) -> serde_json::Value {
+    let o = client(&["show", id]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// A new queued image, optionally with data uploaded by the plain client.
+fn image(data: Option<&Path>) -> String {
+    let o = client(&[
+        "create",
+        "glance-vhd-test",
+        "--disk-format",
+        "vhd",
+        "--container-format",
+        "ovf",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let id = common::stdout(&o).trim().to_string();
+    if let Some(f) = data {
+        let o = client(&["upload", &id, f.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+    }
+    id
+}
+
+struct Work {
+    dir: tempfile::TempDir,
+    samples: tempfile::TempDir,
+}
+
+impl Work {
+    fn new() -> Work {
+        Work {
+            dir: tempfile::tempdir().unwrap(),
+            samples: common::unpacked_samples(),
+        }
+    }
+
+    fn sr(&self, name: &str) -> PathBuf {
+        let p = self
+            .dir
+            .path()
+            .join(format!("{name}-1111-4222-8333-444455556666"));
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// `tar -zc --directory=STAGE .` of samples under member names.
+    fn tarball(&self, files: &[(&str, &str)]) -> PathBuf {
+        let stage = tempfile::tempdir().unwrap();
+        for (name, sample) in files {
+            std::fs::copy(self.samples.path().join(sample), stage.path().join(name)).unwrap();
+        }
+        let out = self
+            .dir
+            .path()
+            .join(format!("{}.tgz", uuid::Uuid::new_v4()));
+        assert!(Command::new("tar")
+            .arg("-zcf")
+            .arg(&out)
+            .arg("--directory")
+            .arg(stage.path())
+            .arg(".")
+            .status()
+            .unwrap()
+            .success());
+        out
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        common::run(self.dir.path(), args)
+    }
+
+    fn download(&self, id: &str, sr: &Path, extra: &[&str]) -> Output {
+        let lock = self.dir.path().join("lock");
+        let mut args = vec![
+            "download",
+            "--endpoint",
+            glance(),
+            "--image-id",
+            id,
+            "--sr-path",
+            sr.to_str().unwrap(),
+            "--lock-dir",
+            lock.to_str().unwrap(),
+            "--header",
+            "X-Auth-Token: test-token",
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    fn content(&self, vhd: &Path) -> String {
+        let out = self
+            .dir
+            .path()
+            .join(format!("{}.raw", uuid::Uuid::new_v4()));
+        let o = self.run(&["vhd", "read", vhd.to_str().unwrap(), out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        common::sha256_file(&out)
+    }
+}
+
+fn listing(sr: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(sr)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+const GRANDCHILD: &str = "9d79e9372eb2b98c93e9be5efe933f685564698b6795704fa342f19883b1c552";
+const CHILD: &str = "097a52dea8e7f8ba290699d56f5fb56e4ca45c644456649e528b2bf01e3a5426";
+const PARENT: &str = "8ff122f704ccf7b0a4a0c101cbbfd838820d48e4504770dee4ea9223d567f648";
+
+#[test]
+fn download_every_layout_made_by_gnu_tar() {
+    let _turn = serial();
+    let w = Work::new();
+    for (what, files, expect) in [
+        (
+            "new style",
+            vec![
+                ("0.vhd", "grandchild.vhd"),
+                ("1.vhd", "child.vhd"),
+                ("2.vhd", "parent.vhd"),
+            ],
+            vec![GRANDCHILD, CHILD, PARENT],
+        ),
+        (
+            "old style",
+            vec![("image.vhd", "parent.vhd"), ("snap.vhd", "child.vhd")],
+            vec![CHILD, PARENT],
+        ),
+        (
+            "single free name",
+            vec![("disk-7.vhd", "parent.vhd")],
+            vec![PARENT],
+        ),
+        (
+            "with swap",
+            vec![
+                ("0.vhd", "child.vhd"),
+                ("1.vhd", "parent.vhd"),
+                ("swap.vhd", "parent2.vhd"),
+            ],
+            vec![CHILD, PARENT],
+        ),
+    ] {
+        let tgz = w.tarball(&files);
+        let id = image(Some(&tgz));
+        let sr = w.sr(&format!("{:08x}", expect.len() * 1000 + files.len()));
+        let before = listing(&sr);
+        let o = w.download(&id, &sr, &["--json"]);
+        assert!(o.status.success(), "{what}: {}", common::stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let chain: Vec<String> = v["chain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(v["root"]["uuid"], chain[0]);
+        // Glance's own checksums of what it stored equal what we received.
+        let rec = record(&id);
+        assert_eq!(v["stream"]["md5"], rec["checksum"], "{what}");
+        assert_eq!(v["stream"]["sha512"], rec["os_hash_value"], "{what}");
+        let mut want = before.clone();
+        want.extend(chain.iter().map(|u| format!("{u}.vhd")));
+        want.sort();
+        assert_eq!(listing(&sr), want, "{what}: exactly the chain arrives");
+        for (u, h) in chain.iter().zip(&expect) {
+            assert_eq!(&w.content(&sr.join(format!("{u}.vhd"))), h, "{what}: {u}");
+        }
+        let leaf = sr.join(format!("{}.vhd", chain[0]));
+        let o = w.run(&["vhd", "check", "--parents", leaf.to_str().unwrap()]);
+        assert!(
+            common::stdout(&o).ends_with("is valid\n"),
+            "{what}: {}",
+            common::stdout(&o)
+        );
+    }
+}
+
+#[test]
+fn download_failures_leave_the_sr_untouched() {
+    let _turn = serial();
+    let w = Work::new();
+    let sr = w.sr("0badbad0");
+    std::fs::write(sr.join("existing.vhd"), b"keep").unwrap();
+    // Unknown image: not found.
+    let o = w.download("5a5a5a5a-0000-4000-8000-000000000000", &sr, &[]);
+    assert_eq!(o.status.code(), Some(4), "{}", common::stderr(&o));
+    // An image without data: Glance answers 204.
+    let id = image(None);
+    let o = w.download(&id, &sr, &[]);
+    assert!(!o.status.success());
+    assert!(
+        common::stderr(&o).contains("no data") || common::stderr(&o).contains("queued"),
+        "{}",
+        common::stderr(&o)
+    );
+    // A hostile tarball stored in Glance.
+    let stage = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", stage.path().join("0.vhd")).unwrap();
+    let bad = w.dir.path().join("bad.tgz");
+    assert!(Command::new("tar")
+        .arg("-zcf")
+        .arg(&bad)
+        .arg("-C")
+        .arg(stage.path())
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let id = image(Some(&bad));
+    let o = w.download(&id, &sr, &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("symlink"));
+    assert_eq!(listing(&sr), ["existing.vhd"]);
+    // The connection cut in the middle of the body (a loopback proxy).
+    let tgz = w.tarball(&[("0.vhd", "child.vhd"), ("1.vhd", "parent.vhd")]);
+    let id = image(Some(&tgz));
+    let port = glance().rsplit(':').next().unwrap().to_string();
+    for cut in ["300", "2000", "9000"] {
+        let mut proxy = Command::new("python3")
+            .arg(repo().join("tests/peers/cut_proxy.py"))
+            .arg(&port)
+            .args(["--cut-at", cut])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let url = format!("http://127.0.0.1:{}", line.trim());
+        let lock = w.dir.path().join("lock");
+        let o = w.run(&[
+            "download",
+            "--endpoint",
+            &url,
+            "--image-id",
+            &id,
+            "--sr-path",
+            sr.to_str().unwrap(),
+            "--lock-dir",
+            lock.to_str().unwrap(),
+        ]);
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+        assert!(!o.status.success(), "cut at {cut}: accepted");
+        assert_eq!(listing(&sr), ["existing.vhd"], "cut at {cut}");
+    }
+}
+
+/// An SR with the sample chain under known VDI UUIDs (made by our download).
+fn sr_with_chain(w: &Work) -> (PathBuf, [String; 3]) {
+    let sr = w.sr("c4a1c4a1");
+    let tgz = w.tarball(&[
+        ("0.vhd", "grandchild.vhd"),
+        ("1.vhd", "child.vhd"),
+        ("2.vhd", "parent.vhd"),
+    ]);
+    let url = format!("file://{}", tgz.display());
+    let lock = w.dir.path().join("lock");
+    let o = w.run(&[
+        "download",
+        "--endpoint",
+        &url,
+        "--sr-path",
+        sr.to_str().unwrap(),
+        "--lock-dir",
+        lock.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let u: Vec<String> = common::stdout(&o).lines().map(str::to_string).collect();
+    (sr, [u[0].clone(), u[1].clone(), u[2].clone()])
+}
+
+#[test]
+fn upload_then_read_back_with_plain_http_gnu_tar_python_and_our_download() {
+    let _turn = serial();
+    let w = Work::new();
+    let (sr, uuids) = sr_with_chain(&w);
+    let o = w.run(&[
+        "upload",
+        "--endpoint",
+        glance(),
+        "--sr-path",
+        sr.to_str().unwrap(),
+        "--leaf",
+        &uuids[0],
+        "--create",
+        "--name",
+        "nightly",
+        "--property",
+        "os_type=linux",
+        "--property",
+        "xenapi_image_compression_level=4",
+        "--header",
+        "X-Auth-Token: test-token",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = v["image_id"].as_str().unwrap().to_string();
+    let rec = record(&id);
+    assert_eq!(rec["status"], "active");
+    assert_eq!(rec["disk_format"], "vhd");
+    assert_eq!(rec["container_format"], "ovf");
+    assert_eq!(rec["os_type"], "linux");
+    assert_eq!(
+        rec["checksum"], v["stream"]["md5"],
+        "Glance's MD5 is of the bytes we sent"
+    );
+    assert_eq!(rec["os_hash_value"], v["stream"]["sha512"]);
+    // A plain HTTP download, unpacked by GNU tar and by Python tarfile r|gz.
+    let got = w.dir.path().join("got.tgz");
+    let o = client(&["download", &id, got.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let x = w.dir.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    assert!(Command::new("tar")
+        .arg("-zxf")
+        .arg(&got)
+        .arg("-C")
+        .arg(&x)
+        .status()
+        .unwrap()
+        .success());
+    for (i, u) in uuids.iter().enumerate() {
+        assert_eq!(
+            std::fs::read(x.join(format!("{i}.vhd"))).unwrap(),
+            std::fs::read(sr.join(format!("{u}.vhd"))).unwrap(),
+            "GNU tar: {i}.vhd"
+        );
+    }
+    let py = Command::new("python3")
+        .arg("-c")
+        .arg("import sys,tarfile,hashlib\nt=tarfile.open(sys.argv[1],'r|gz')\nfor m in t:\n  f=t.extractfile(m)\n  f and print(m.name, hashlib.sha256(f.read()).hexdigest())")
+        .arg(&got)
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", common::stderr(&py));
+    let lines: Vec<String> = common::stdout(&py).lines().map(str::to_string).collect();
+    for (i, u) in uuids.iter().enumerate() {
+        assert_eq!(
+            lines[i],
+            format!(
+                "./{i}.vhd {}",
+                common::sha256_file(&sr.join(format!("{u}.vhd")))
+            )
+        );
+    }
+    // Our download of it reproduces the chain.
+    let sr2 = w.sr("d2d2d2d2");
+    let o = w.download(&id, &sr2, &[]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let leaf = common::stdout(&o).lines().next().unwrap().to_string();
+    assert_eq!(w.content(&sr2.join(format!("{leaf}.vhd"))), GRANDCHILD);
+}
+
+#[test]
+fn upload_failures_never_leave_an_active_image() {
+    let _turn = serial();
+    let w = Work::new();
+    let (sr, uuids) = sr_with_chain(&w);
+    let chain = ["--vdi", &uuids[0], "--vdi", &uuids[1], "--vdi", &uuids[2]];
+    let up = |id: &str, env: &[(&str, &str)]| {
+        let mut args = vec![
+            "upload",
+            "--endpoint",
+            glance(),
+            "--sr-path",
+            sr.to_str().unwrap(),
+            "--image-id",
+            id,
+        ];
+        args.extend_from_slice(&chain);
+        Command::new(common::bin())
+            .args(&args)
+            .envs(env.iter().copied())
+            .current_dir(w.dir.path())
+            .output()
+            .unwrap()
+    };
+    // Unknown id: ImageNotFound (exit 4).
+    let o = up("5b5b5b5b-0000-4000-8000-000000000000", &[]);
+    assert_eq!(o.status.code(), Some(4), "{}", common::stderr(&o));
+    // Already active: refused before any data, permanent.
+    let tgz = w.tarball(&[("0.vhd", "parent.vhd")]);
+    let active = image(Some(&tgz));
+    let before = record(&active);
+    let o = up(&active, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", common::stderr(&o));
+    assert!(
+        common::stderr(&o).contains("\"active\""),
+        "{}",
+        common::stderr(&o)
+    );
+    assert_eq!(record(&active)["checksum"], before["checksum"]);
+    // The stream breaking half-way: Glance sees a broken upload, the image is not active.
+    for after in ["0", "3000"] {
+        let id = image(None);
+        let o = up(&id, &[("GLANCE_VHD_TEST_FAIL_UPLOAD_AFTER", after)]);
+        assert!(!o.status.success(), "after {after}: accepted");
+        assert!(
+            common::stderr(&o).contains("injected failure"),
+            "{}",
+            common::stderr(&o)
+        );
+        let st = record(&id)["status"].as_str().unwrap().to_string();
+        assert_ne!(st, "active", "after {after}: a broken upload became active");
+    }
+    let staging: Vec<_> = std::fs::read_dir(&sr)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".glance-vhd-staging")
+        })
+        .collect();
+    assert!(staging.is_empty());
+}
