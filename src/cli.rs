@@ -574,11 +574,11 @@ fn upload(a: &UploadArgs) -> ExitCode {
         .find(|(k, _)| k == "xenapi_image_compression_level")
         .and_then(|(_, v)| v.parse::<u32>().ok())
         .filter(|l| (1..=9).contains(l));
-    let mut pack = PackOptions::default();
-    pack.level = a.compression_level.or(prop_level).unwrap_or(6);
-    if let Some(t) = a.threads {
-        pack.threads = t as usize;
-    }
+    let default = PackOptions::default();
+    let pack = PackOptions {
+        level: a.compression_level.or(prop_level).unwrap_or(6),
+        threads: a.threads.map_or(default.threads, |t| t as usize),
+    };
     let target = if a.store.is_http() {
         let glance = match a.store.glance() {
             Ok(g) => g,

@@ -23,7 +23,7 @@ pub const MAX_CHAIN_DEPTH: usize = 32;
 /// UUID).
 #[derive(Debug)]
 pub enum Layer {
-    Vhd(Vhd),
+    Vhd(Box<Vhd>),
     Raw {
         path: PathBuf,
         file: File,
@@ -62,11 +62,8 @@ impl Chain {
     pub fn open_with(leaf: Vhd) -> Result<Chain> {
         let mut seen = HashSet::new();
         seen.insert(identity(&leaf.path)?);
-        let mut layers = vec![Layer::Vhd(leaf)];
-        loop {
-            let Some(Layer::Vhd(child)) = layers.last() else {
-                break;
-            };
+        let mut layers = vec![Layer::Vhd(Box::new(leaf))];
+        while let Some(Layer::Vhd(child)) = layers.last() {
             if !child.is_differencing() {
                 break;
             }
@@ -115,7 +112,7 @@ impl Chain {
                         ),
                     ));
                 }
-                Layer::Vhd(parent)
+                Layer::Vhd(Box::new(parent))
             };
             layers.push(layer);
         }

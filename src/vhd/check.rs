@@ -92,6 +92,14 @@ fn check_one(path: &Path, opts: CheckOptions) -> Result<Option<String>> {
         return Ok(Some(format!("primary footer invalid: {p}")));
     }
     if !primary.is_dynamic_or_diff() {
+        // blktap stops here; we also refuse what our own open refuses, so that "valid"
+        // always means readable.
+        if primary.curr_size > primary_at {
+            return Ok(Some(format!(
+                "invalid current size {} for a fixed disk holding {primary_at} bytes",
+                primary.curr_size
+            )));
+        }
         return Ok(None);
     }
     let mut copy = [0u8; FOOTER_SIZE];

@@ -275,6 +275,16 @@ impl Vhd {
                 format!("a BAT of {max_bat} entries there does not fit before the footer"),
             ));
         }
+        // blktap `check`'s "VHD size exceeds BAT size", enforced at open: a footer that
+        // claims more blocks than the BAT has would make reads stream zeros without end.
+        let block_size = h.block_size as u64;
+        if self.footer.curr_size / block_size > max_bat as u64 {
+            return Err(self.invalid(
+                "footer current size",
+                self.footer.curr_size,
+                format!("more than the {max_bat} BAT entries of {block_size}-byte blocks hold"),
+            ));
+        }
         let mut raw = vec![0u8; max_bat as usize * 4];
         self.read_at(&mut raw, table_offset, "read the BAT")?;
         self.bat = raw
@@ -348,6 +358,9 @@ impl Vhd {
             .filter(|&&e| e != BAT_UNUSED)
             .map(|&e| (e as u64 * 512).saturating_add(block_span))
             .fold(self.end_of_headers(), u64::max)
+            // A hostile locator or BAT entry can put the "end" anywhere; leave room for
+            // the footer so callers can add it without overflowing.
+            .min(u64::MAX - FOOTER_SIZE as u64)
     }
 
     /// File offset where the data of `block` starts (after its bitmap), or `None` when
