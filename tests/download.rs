@@ -394,3 +394,46 @@ fn sweep_removes_only_stale_unlocked_staging_dirs() {
     assert!(!stale.exists());
     assert!(other.exists() && sr.sr.join("existing.vhd").exists());
 }
+
+/// An SR too small for the image: refused from the tar headers' declared sizes before a
+/// byte is written (the SR is a 4 MiB tmpfs; we are root here, as in dom0).
+#[test]
+fn an_image_larger_than_the_free_space_is_refused_before_writing() {
+    let sr = Sr::new();
+    let small = sr._dir.path().join("5a11e550-0000-4000-8000-000000000001");
+    std::fs::create_dir(&small).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .expect("mount");
+    assert!(st.success(), "mounting a tmpfs needs root");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(small.clone());
+    std::fs::write(small.join("existing.vhd"), b"keep").unwrap();
+    let tgz = sr.gnu_tar(&[("0.vhd", "child.vhd"), ("1.vhd", "parent.vhd")]);
+    let url = format!("file://{}", tgz.display());
+    let o = run(
+        sr._dir.path(),
+        &[
+            "download",
+            "--endpoint",
+            &url,
+            "--sr-path",
+            small.to_str().unwrap(),
+            "--lock-dir",
+            sr.lock.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("free"), "{}", stderr(&o));
+    assert_eq!(
+        snapshot(&small).into_keys().collect::<Vec<_>>(),
+        ["existing.vhd"]
+    );
+}
