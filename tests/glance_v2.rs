@@ -224,6 +224,19 @@ fn download_every_layout_made_by_gnu_tar() {
         for (u, h) in chain.iter().zip(&expect) {
             assert_eq!(&w.content(&sr.join(format!("{u}.vhd"))), h, "{what}: {u}");
         }
+        // libvhdi, an independent reader, follows the relinked chain to the same bytes.
+        let o = Command::new(common::python())
+            .arg(repo().join("tests/peers/vhdi_read.py"))
+            .args(chain.iter().map(|u| sr.join(format!("{u}.vhd"))))
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{what}: libvhdi: {}",
+            common::stderr(&o)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["sha256"], expect[0], "{what}: libvhdi content");
         let leaf = sr.join(format!("{}.vhd", chain[0]));
         let o = w.run(&["vhd", "check", "--parents", leaf.to_str().unwrap()]);
         assert!(
