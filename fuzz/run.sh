@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Run one cargo-fuzz target for $FUZZ_SECONDS (default 60).
+#
+#   fuzz/run.sh vhd_open              # or vhd_relink; extra args go to libFuzzer
+#   FUZZ_SECONDS=600 fuzz/run.sh vhd_relink -jobs=1
+#
+# An empty corpus is seeded first: fuzz/seeds/<target>/ (small synthetic files) plus the
+# unpacked samples from $GLANCE_VHD_SAMPLES (default ../../shared/vhd-samples from here;
+# for vhd_relink, child+parent pairs in the target's input layout). Crashes land in
+# fuzz/artifacts/<target>/; minimise with
+#   cargo +nightly fuzz tmin <target> fuzz/artifacts/<target>/crash-…
+# and keep it as tests/fixtures/fuzz/<target>-<short-name>.bin. Replay every such fixture
+# (no fuzzing; fails if one still crashes) with
+#   fuzz/run.sh replay
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+target=${1:?usage: run.sh vhd_open|vhd_relink [libFuzzer args…] | run.sh replay}
+shift
+seconds=${FUZZ_SECONDS:-60}
+rss=${FUZZ_RSS_MB:-2048}
+samples=${GLANCE_VHD_SAMPLES:-$here/../../shared/vhd-samples}
+export GLANCE_VHD_SAMPLES=$samples
+corpus=$here/corpus/$target
+
+if [ "$target" = replay ]; then
+    cd "$here"
+    for t in vhd_open vhd_relink; do
+        fixtures=("$here/../tests/fixtures/fuzz/$t"-*.bin)
+        [ -e "${fixtures[0]}" ] || continue
+        echo "replaying ${#fixtures[@]} fixture(s) through $t"
+        cargo +nightly fuzz run "$t" "${fixtures[@]}" -- -rss_limit_mb="$rss" -timeout=10
+    done
+    exit 0
+fi
+
+case $target in vhd_open | vhd_relink) ;; *)
+    echo "unknown target $target (vhd_open, vhd_relink)" >&2
+    exit 2
+    ;;
+esac
+
+command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+
+# u32 little-endian, as raw bytes.
+le32() {
+    local n=$1
+    printf "\\x$(printf %02x $((n & 255)))\\x$(printf %02x $(((n >> 8) & 255)))"
+    printf "\\x$(printf %02x $(((n >> 16) & 255)))\\x$(printf %02x $(((n >> 24) & 255)))"
+}
+
+mkdir -p "$corpus"
+if [ -z "$(ls -A "$corpus")" ]; then
+    echo "seeding $corpus"
+    cp "$here/seeds/$target"/* "$corpus"/
+    if [ -d "$samples" ]; then
+        tmp=$(mktemp -d)
+        trap 'rm -rf "$tmp"' EXIT
+        for f in "$samples"/{tap-chain,qemu-parent,dfvfs}/*.vhd.gz; do
+            [ -e "$f" ] && gunzip -c "$f" >"$tmp/$(basename "${f%.gz}")"
+        done
+        if [ "$target" = vhd_open ]; then
+            cp "$tmp"/*.vhd "$corpus"/
+        else
+            pair() { # child parent flags(0..3: bit1 raw, bit0 hidden) out
+                [ -e "$tmp/$1" ] && [ -e "$tmp/$2" ] || return 0
+                local n
+                n=$(($(stat -c %s "$tmp/$1") | (($3 & 2) << 30) | (($3 & 1) << 30)))
+                { le32 "$n"; cat "$tmp/$1" "$tmp/$2"; } >"$corpus/$4"
+            }
+            pair empty-child.vhd parent2.vhd 1 sample-empty-child-onto-parent2.bin
+            pair empty-child-relinked.vhd parent.vhd 0 sample-empty-child-relinked-onto-parent.bin
+            pair tap-child-of-qemu.vhd empty-child.vhd 1 sample-tap-child-of-qemu-onto-empty-child.bin
+            pair fat-differential.vhd empty-child.vhd 2 sample-fat-differential-onto-raw.bin
+            pair grandchild.vhd empty-child.vhd 0 sample-grandchild-onto-empty-child.bin
+        fi
+    else
+        echo "no samples at $samples: synthetic seeds only" >&2
+    fi
+fi
+
+cd "$here"
+exec cargo +nightly fuzz run "$target" "$corpus" -- \
+    -max_total_time="$seconds" -rss_limit_mb="$rss" -timeout=10 -max_len=8388608 \
+    -print_final_stats=1 "$@"
