@@ -1,0 +1,593 @@
+//! Python pickles: the plugin's `params` in, the protocol-0 reply out (DESIGN §2).
+//!
+//! In: `serde-pickle` builds plain values and never imports or calls anything, unlike
+//! the Python plugin's `pickle.loads`. Before it runs, [`screen`] walks the opcodes and
+//! admits only those that build plain data (strings, numbers, lists, tuples, dicts,
+//! sets): globals, `REDUCE`, `BUILD`, `INST`, `OBJ`, `NEWOBJ`, extensions, persistent ids
+//! and buffers are refused outright. `DUP`, `POP` and a memo store of what is already a
+//! memo reference are refused too: Python's pickler never writes them, and in
+//! `serde-pickle` each one deep-copies a value, so a few bytes of them could demand
+//! gigabytes. Sharing through the memo is expanded on conversion (serde-pickle visits an
+//! entry at most as often as the stream references it, so never exponentially); every
+//! byte is charged against a budget, and nesting is capped. Decoding runs on a thread with a large stack
+//! so a deeply nested hostile pickle (whose values are dropped recursively) cannot
+//! overflow it.
+//!
+//! Out: the replies are what Python 2's `pickle.dumps(obj)` (protocol 0) writes —
+//! `(dp0\nS'root'\np1\n…ss.` and `N.` — ASCII only, so xapi's handling of the string
+//! cannot corrupt them and every Python from 2.4 to 3.12 loads them.
+
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+/// Larger than any real params (xapi limits an argument to 128 KiB).
+pub const MAX_PICKLE: usize = 256 << 10;
+/// Deeper than any params of this protocol (`kwargs` → `extra_headers` → value).
+const MAX_DEPTH: usize = 16;
+/// Bytes the decoded value may take, counting memo sharing expanded.
+const BUDGET: usize = 4 << 20;
+/// The decoding thread's stack: dropping the tree of a pickle nested as deep as
+/// [`MAX_PICKLE`] allows recurses once per level.
+const STACK: usize = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PickleError {
+    #[error("the pickle is {0} bytes; at most {MAX_PICKLE}")]
+    TooLarge(usize),
+    #[error("opcode {opcode:?} at byte {pos} is refused: {why}")]
+    Refused {
+        opcode: char,
+        pos: usize,
+        why: &'static str,
+    },
+    #[error("not a pickle: {0}")]
+    Malformed(String),
+    #[error("not a pickle: {0}")]
+    Decode(#[from] serde_pickle::Error),
+    #[error("the pickle nests deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("the pickle expands beyond {BUDGET} bytes")]
+    TooBig,
+    #[error("integer {0} out of range")]
+    BigInt(String),
+    #[error("cannot start the pickle decoder: {0}")]
+    Thread(std::io::Error),
+    #[error("the pickle decoder failed")]
+    Panicked,
+    #[error("reply string {0:?} is not printable ASCII")]
+    NotAscii(String),
+}
+
+/// A decoded Python value. Tuples and sets become lists; dict keys keep their order
+/// of appearance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Py {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    List(Vec<Py>),
+    Dict(Vec<(Py, Py)>),
+}
+
+impl Py {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Py::None => "None",
+            Py::Bool(_) => "bool",
+            Py::Int(_) => "int",
+            Py::Float(_) => "float",
+            Py::Str(_) => "str",
+            Py::Bytes(_) => "bytes",
+            Py::List(_) => "list",
+            Py::Dict(_) => "dict",
+        }
+    }
+
+    /// A dict entry by string key.
+    pub fn get(&self, key: &str) -> Option<&Py> {
+        match self {
+            Py::Dict(items) => items
+                .iter()
+                .find(|(k, _)| matches!(k, Py::Str(s) if s == key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// Python's `str(v)` for the scalars callers put in headers and properties.
+    pub fn to_python_str(&self) -> Option<String> {
+        match self {
+            Py::None => Some("None".into()),
+            Py::Bool(true) => Some("True".into()),
+            Py::Bool(false) => Some("False".into()),
+            Py::Int(i) => Some(i.to_string()),
+            Py::Float(f) => Some(format!("{f:?}")),
+            Py::Str(s) => Some(s.clone()),
+            Py::Bytes(b) => String::from_utf8(b.clone()).ok(),
+            Py::List(_) | Py::Dict(_) => None,
+        }
+    }
+}
+
+/// Decode `data` into a [`Py`], refusing anything but plain data.
+pub fn decode(data: &[u8]) -> Result<Py, PickleError> {
+    if data.len() > MAX_PICKLE {
+        return Err(PickleError::TooLarge(data.len()));
+    }
+    screen(data)?;
+    let data = data.to_vec();
+    std::thread::Builder::new()
+        .name("pickle".into())
+        .stack_size(STACK)
+        .spawn(move || decode_here(&data))
+        .map_err(PickleError::Thread)?
+        .join()
+        .map_err(|_| PickleError::Panicked)?
+}
+
+fn decode_here(data: &[u8]) -> Result<Py, PickleError> {
+    let opts = serde_pickle::DeOptions::new().decode_strings();
+    let mut de = serde_pickle::Deserializer::new(data, opts);
+    let budget = Cell::new(BUDGET);
+    let v = Seed {
+        depth: 0,
+        budget: &budget,
+    }
+    .deserialize(&mut de)
+    .map_err(limit_or)?;
+    de.end()?;
+    Ok(v)
+}
+
+// ---- the opcode screen ----
+
+/// How an opcode's argument is laid out in the stream.
+#[derive(Clone, Copy)]
+enum Arg {
+    None,
+    Line,
+    Fixed(usize),
+    /// A length prefix of this many little-endian bytes, then that many bytes.
+    Counted(usize),
+}
+
+/// What the opcode does to the stack, as far as the screen tracks it.
+#[derive(Clone, Copy)]
+enum Effect {
+    /// Pushes a new value.
+    Push,
+    /// Pushes a memo reference.
+    Get,
+    /// Turns the top into a memo reference.
+    Put,
+    Mark,
+    /// Pops to the mark and pushes a new value (`TUPLE`, `LIST`, `DICT`, `FROZENSET`).
+    Build,
+    /// Pops to the mark, the container below stays (`APPENDS`, `SETITEMS`, `ADDITEMS`).
+    Extend,
+    /// Pops `n`, the container below stays (`APPEND` 1, `SETITEM` 2).
+    Pop(usize),
+    /// Pops `n` and pushes a new tuple (`TUPLE1..3`).
+    Tuple(usize),
+    /// No stack effect (`PROTO`, `FRAME`).
+    Nothing,
+    Stop,
+}
+
+fn opcode(op: u8) -> Result<(Arg, Effect), &'static str> {
+    use Arg::*;
+    use Effect::*;
+    Ok(match op {
+        b'(' => (None, Mark),
+        b'.' => (None, Stop),
+        b'F' | b'I' | b'L' | b'S' | b'V' => (Line, Push),
+        b'J' => (Fixed(4), Push),
+        b'K' => (Fixed(1), Push),
+        b'M' => (Fixed(2), Push),
+        b'G' => (Fixed(8), Push),
+        b'N' | b'}' | b']' | b')' | 0x88 | 0x89 | 0x8f => (None, Push),
+        b'T' | b'X' | b'B' | 0x8b => (Counted(4), Push),
+        b'U' | b'C' | 0x8a | 0x8c => (Counted(1), Push),
+        0x8d | 0x8e | 0x96 => (Counted(8), Push),
+        b'a' => (None, Pop(1)),
+        b's' => (None, Pop(2)),
+        b'e' | b'u' | 0x90 => (None, Extend),
+        b't' | b'l' | b'd' | 0x91 => (None, Build),
+        0x85 => (None, Tuple(1)),
+        0x86 => (None, Tuple(2)),
+        0x87 => (None, Tuple(3)),
+        b'g' => (Line, Get),
+        b'h' => (Fixed(1), Get),
+        b'j' => (Fixed(4), Get),
+        b'p' => (Line, Put),
+        b'q' => (Fixed(1), Put),
+        b'r' => (Fixed(4), Put),
+        0x94 => (None, Put),
+        0x80 => (Fixed(1), Nothing),
+        0x95 => (Fixed(8), Nothing),
+        b'c' | 0x93 => return Err("globals are not accepted (they name code to run)"),
+        b'R' | b'b' | b'i' | b'o' | 0x81 | 0x92 => {
+            return Err("objects are not accepted (building them runs code)")
+        }
+        0x82..=0x84 => return Err("extension codes are not accepted"),
+        b'P' | b'Q' => return Err("persistent ids are not accepted"),
+        0x97 | 0x98 => return Err("out-of-band buffers are not accepted"),
+        b'2' | b'0' | b'1' => {
+            return Err("Python never writes it for plain data, and it copies values")
+        }
+        _ => return Err("unknown opcode"),
+    })
+}
+
+/// Walk the opcodes: only plain-data opcodes, arguments inside the input, one `STOP` at
+/// the very end, and no memo store of a memo reference (each would be a deep copy).
+fn screen(data: &[u8]) -> Result<(), PickleError> {
+    // Per stack slot: is it a memo reference? Marks split the stack as in the VM.
+    let mut stack: Vec<bool> = Vec::new();
+    let mut marks: Vec<usize> = Vec::new();
+    let mut pos = 0usize;
+    let malformed = |m: String| PickleError::Malformed(m);
+    while pos < data.len() {
+        let at = pos;
+        let op = data[pos];
+        pos += 1;
+        let (arg, effect) = opcode(op).map_err(|why| PickleError::Refused {
+            opcode: op as char,
+            pos: at,
+            why,
+        })?;
+        let need = |pos: usize, n: usize| -> Result<usize, PickleError> {
+            pos.checked_add(n)
+                .filter(|&end| end <= data.len())
+                .ok_or_else(|| malformed(format!("opcode at byte {at} runs past the end")))
+        };
+        pos = match arg {
+            Arg::None => pos,
+            Arg::Fixed(n) => need(pos, n)?,
+            Arg::Line => match data[pos..].iter().position(|&b| b == b'\n') {
+                Some(i) => pos + i + 1,
+                None => return Err(malformed(format!("unterminated line at byte {at}"))),
+            },
+            Arg::Counted(w) => {
+                let end = need(pos, w)?;
+                let mut len = 0u64;
+                for (i, b) in data[pos..end].iter().enumerate() {
+                    len |= u64::from(*b) << (8 * i);
+                }
+                // A BINSTRING length is signed; negative is as wrong as too long.
+                let len = usize::try_from(len).map_err(|_| malformed("length overflow".into()))?;
+                need(end, len)?
+            }
+        };
+        let underflow = || malformed(format!("stack underflow at byte {at}"));
+        let base = marks.last().copied().unwrap_or(0);
+        match effect {
+            Effect::Push => stack.push(false),
+            Effect::Get => stack.push(true),
+            Effect::Put => match (stack.len() > base, stack.last_mut()) {
+                (_, Some(top)) if *top => {
+                    return Err(PickleError::Refused {
+                        opcode: op as char,
+                        pos: at,
+                        why: "a memo store of a memo reference copies the value",
+                    })
+                }
+                (true, Some(top)) => *top = true,
+                _ => return Err(underflow()),
+            },
+            Effect::Mark => marks.push(stack.len()),
+            Effect::Build | Effect::Extend => {
+                let m = marks.pop().ok_or_else(underflow)?;
+                stack.truncate(m);
+                if matches!(effect, Effect::Build) {
+                    stack.push(false);
+                } else if stack.is_empty() {
+                    return Err(underflow());
+                }
+            }
+            Effect::Pop(n) | Effect::Tuple(n) => {
+                // The container (Pop) must stay above the mark too.
+                let keep = usize::from(matches!(effect, Effect::Pop(_)));
+                if stack.len() < base + n + keep {
+                    return Err(underflow());
+                }
+                stack.truncate(stack.len() - n);
+                if matches!(effect, Effect::Tuple(_)) {
+                    stack.push(false);
+                }
+            }
+            Effect::Nothing => {}
+            Effect::Stop => {
+                if pos != data.len() {
+                    return Err(malformed(format!("data after STOP at byte {at}")));
+                }
+                if stack.len() != 1 || !marks.is_empty() {
+                    return Err(malformed("STOP with an unbalanced stack".into()));
+                }
+                return Ok(());
+            }
+        }
+    }
+    Err(malformed("no STOP opcode".into()))
+}
+
+// ---- conversion with depth and budget ----
+
+/// Builds a [`Py`], charging every node to the budget and refusing depth beyond the
+/// cap, so memo sharing cannot expand without bound.
+struct Seed<'b> {
+    depth: usize,
+    budget: &'b Cell<usize>,
+}
+
+// `serde::de::Error::custom` only carries a message: which limit was hit is kept here.
+thread_local! {
+    static LIMIT: Cell<Option<LimitHit>> = const { Cell::new(None) };
+}
+
+#[derive(Clone, Copy)]
+enum LimitHit {
+    Deep,
+    Big,
+    BigInt,
+}
+
+impl<'b> Seed<'b> {
+    fn charge<E: serde::de::Error>(&self, n: usize) -> Result<(), E> {
+        match self.budget.get().checked_sub(n.saturating_add(16)) {
+            Some(left) => {
+                self.budget.set(left);
+                Ok(())
+            }
+            None => Err(limit(LimitHit::Big)),
+        }
+    }
+
+    fn child(&self) -> Seed<'b> {
+        Seed {
+            depth: self.depth + 1,
+            budget: self.budget,
+        }
+    }
+}
+
+fn limit<E: serde::de::Error>(hit: LimitHit) -> E {
+    LIMIT.with(|l| l.set(Some(hit)));
+    E::custom("limit")
+}
+
+impl<'de> DeserializeSeed<'de> for Seed<'_> {
+    type Value = Py;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Py, D::Error> {
+        if self.depth > MAX_DEPTH {
+            return Err(limit(LimitHit::Deep));
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Seed<'_> {
+    type Value = Py;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("plain Python data")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Py, E> {
+        self.charge(0)?;
+        Ok(Py::None)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Py, E> {
+        self.visit_unit()
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Py, E> {
+        self.charge(0)?;
+        Ok(Py::Bool(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Py, E> {
+        self.charge(0)?;
+        Ok(Py::Int(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Py, E> {
+        self.charge(0)?;
+        i64::try_from(v)
+            .map(Py::Int)
+            .map_err(|_| limit(LimitHit::BigInt))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Py, E> {
+        self.charge(0)?;
+        Ok(Py::Float(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Py, E> {
+        self.charge(v.len())?;
+        Ok(Py::Str(v.to_string()))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Py, E> {
+        self.charge(v.len())?;
+        Ok(Py::Str(v))
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Py, E> {
+        self.charge(v.len())?;
+        Ok(Py::Bytes(v.to_vec()))
+    }
+
+    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Py, E> {
+        self.charge(v.len())?;
+        Ok(Py::Bytes(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Py, A::Error> {
+        self.charge(0)?;
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element_seed(self.child())? {
+            items.push(v);
+        }
+        Ok(Py::List(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Py, A::Error> {
+        self.charge(0)?;
+        let mut items = Vec::new();
+        while let Some(k) = map.next_key_seed(self.child())? {
+            let v = map.next_value_seed(self.child())?;
+            items.push((k, v));
+        }
+        Ok(Py::Dict(items))
+    }
+}
+
+/// serde-pickle reports our limit as a custom message; the side channel says which.
+fn limit_or(e: serde_pickle::Error) -> PickleError {
+    match LIMIT.with(|l| l.take()) {
+        Some(LimitHit::Deep) => PickleError::TooDeep,
+        Some(LimitHit::Big) => PickleError::TooBig,
+        Some(LimitHit::BigInt) => PickleError::BigInt(e.to_string()),
+        None => PickleError::Decode(e),
+    }
+}
+
+// ---- the protocol-0 encoder ----
+
+/// A reply value: what the plugin returns to Folsom+ callers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    None,
+    Str(String),
+    Dict(Vec<(String, Reply)>),
+}
+
+/// `pickle.dumps(value)` as Python 2 writes it (protocol 0, memo `p<n>` after each
+/// string and dict, `SETITEM` per entry). Only printable ASCII strings are written:
+/// anything else is refused rather than escaped into something xapi might mangle.
+pub fn encode(value: &Reply) -> Result<String, PickleError> {
+    fn string(s: &str, out: &mut String, memo: &mut usize) -> Result<(), PickleError> {
+        if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(PickleError::NotAscii(s.to_string()));
+        }
+        out.push_str("S'");
+        for c in s.chars() {
+            if c == '\'' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push_str(&format!("'\np{memo}\n"));
+        *memo += 1;
+        Ok(())
+    }
+    fn go(v: &Reply, out: &mut String, memo: &mut usize) -> Result<(), PickleError> {
+        match v {
+            Reply::None => out.push('N'),
+            Reply::Str(s) => string(s, out, memo)?,
+            Reply::Dict(items) => {
+                out.push_str(&format!("(dp{memo}\n"));
+                *memo += 1;
+                for (k, v) in items {
+                    string(k, out, memo)?;
+                    go(v, out, memo)?;
+                    out.push('s');
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut out = String::new();
+    let mut memo = 0;
+    go(value, &mut out, &mut memo)?;
+    out.push('.');
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_what_python2_writes() {
+        let root = Reply::Dict(vec![(
+            "root".into(),
+            Reply::Dict(vec![("uuid".into(), Reply::Str("u-1".into()))]),
+        )]);
+        assert_eq!(
+            encode(&root).unwrap(),
+            "(dp0\nS'root'\np1\n(dp2\nS'uuid'\np3\nS'u-1'\np4\nss."
+        );
+        assert_eq!(encode(&Reply::None).unwrap(), "N.");
+        assert_eq!(
+            encode(&Reply::Str("a'\\".into())).unwrap(),
+            "S'a\\'\\\\'\np0\n."
+        );
+        assert!(encode(&Reply::Str("é".into())).is_err());
+        assert!(encode(&Reply::Str("a\nb".into())).is_err());
+    }
+
+    #[test]
+    fn decodes_protocol_0_dicts() {
+        // Python 2: pickle.dumps({'kwargs': {'image_id': 'x', 'n': 3, 'l': ['a']}, 'args': ()})
+        let p = b"(dp0\nS'args'\np1\n(tp2\nsS'kwargs'\np3\n(dp4\nS'image_id'\np5\nS'x'\np6\nsS'l'\np7\n(lp8\nS'a'\np9\nasS'n'\np10\nI3\nss.";
+        let v = decode(p).unwrap();
+        let kw = v.get("kwargs").unwrap();
+        assert_eq!(kw.get("image_id"), Some(&Py::Str("x".into())));
+        assert_eq!(kw.get("n"), Some(&Py::Int(3)));
+        assert_eq!(kw.get("l"), Some(&Py::List(vec![Py::Str("a".into())])));
+        assert_eq!(v.get("args"), Some(&Py::List(vec![])));
+    }
+
+    #[test]
+    fn code_and_copies_are_refused() {
+        for bad in [
+            &b"cos\nsystem\n(S'touch /tmp/pwned'\ntR."[..],
+            b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x8c\x06system\x93.",
+            b"S'aaaa'\n2222.",
+            b"]q\x00h\x00q\x01.",
+            b"]q\x00K\x01aq\x01.",
+            b"N0N.",
+            b"N",
+            b"N.N.",
+            b"T\xff\xff\xff\x7fabc.",
+            b"a.",
+            b"(.",
+        ] {
+            assert!(decode(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sharing_and_nesting_are_bounded() {
+        // One 60 KB string referenced 16 000 times through the memo: 64 KB of pickle
+        // that would expand to 1 GB.
+        let mut wide = format!("(V{}\np0\n", "x".repeat(60_000)).into_bytes();
+        wide.extend_from_slice("g0\n".repeat(16_000).as_bytes());
+        wide.extend_from_slice(b"l.");
+        assert!(matches!(decode(&wide), Err(PickleError::TooBig)));
+        // Nested sharing (l(i+1) = [li, li]) is refused by serde-pickle once a memo
+        // entry is visited more often than it is referenced: no exponential expansion.
+        let mut nested = "(".repeat(30).into_bytes();
+        nested.extend_from_slice(b"Vx\np0\n");
+        for i in 0..30 {
+            nested.extend_from_slice(format!("g{i}\nlp{}\n", i + 1).as_bytes());
+        }
+        nested.push(b'.');
+        assert!(decode(&nested).is_err());
+        // As deep as the size cap allows: an error, not a stack overflow.
+        let n = MAX_PICKLE / 2 - 2;
+        let mut deep = vec![b']'; n];
+        deep.extend(std::iter::repeat_n(b'a', n - 1));
+        deep.push(b'.');
+        assert!(matches!(decode(&deep), Err(PickleError::TooDeep)));
+    }
+}
