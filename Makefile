@@ -54,11 +54,21 @@ demo: build
 bench: build
 	GLANCE_VHD_BIN=$(abspath $(BIN)) ./bench/run.sh
 
+# The xapi plugin shims: the same exec line under each name xapi may call (glance.py
+# and kernel.py for callers that name the plugin so), with the binary's installed path.
+PLUGINS      := glance glance.py kernel kernel.py
+
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/glance-vhd
+	install -d $(DESTDIR)$(PLUGIN_DIR)
+	for p in $(PLUGINS); do \
+		sed 's|/usr/local/bin/glance-vhd|$(PREFIX)/bin/glance-vhd|' plugin-wrapper/$${p%.py} >$(DESTDIR)$(PLUGIN_DIR)/$$p; \
+		chmod 0755 $(DESTDIR)$(PLUGIN_DIR)/$$p; \
+	done
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/glance-vhd
+	for p in $(PLUGINS); do rm -f $(DESTDIR)$(PLUGIN_DIR)/$$p; done
 
 # Fuzz the VHD open/check path (nightly toolchain, cargo-fuzz). FUZZ_SECONDS per target.
 FUZZ_SECONDS ?= 60
