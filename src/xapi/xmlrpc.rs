@@ -217,7 +217,7 @@ fn expect<'a>(n: &'a Node, name: &'static str) -> Result<&'a Node, XmlRpcError> 
 
 /// The children of an element that holds only elements (whitespace between them is
 /// Python's pretty-printing).
-fn elements<'a>(n: &'a Node) -> Result<&'a [Node], XmlRpcError> {
+fn elements(n: &Node) -> Result<&[Node], XmlRpcError> {
     if !n.text.trim().is_empty() {
         return Err(XmlRpcError::BadValue {
             element: n.name.clone(),
