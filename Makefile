@@ -74,7 +74,8 @@ uninstall:
 FUZZ_SECONDS ?= 60
 fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
-	cd fuzz && cargo +nightly fuzz run vhd_open -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh vhd_open
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh vhd_relink
 
 fmt:
 	cargo fmt

@@ -23,6 +23,9 @@ const PREFETCH_CHUNK: usize = 256 << 10;
 /// `R` comes back through [`Prefetch::finished`] (e.g. to read the hashes it computed).
 pub struct Prefetch<R> {
     rx: Receiver<io::Result<Vec<u8>>>,
+    /// Used chunks go back to the reading thread (musl maps and unmaps every large
+    /// allocation: reusing buffers saves that system time).
+    back: std::sync::mpsc::SyncSender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
     thread: Option<JoinHandle<R>>,
@@ -32,11 +35,13 @@ pub struct Prefetch<R> {
 impl<R: Read + Send + 'static> Prefetch<R> {
     pub fn new(mut inner: R) -> Prefetch<R> {
         let (tx, rx) = sync_channel(PREFETCH_DEPTH);
+        let (back, spare) = sync_channel::<Vec<u8>>(PREFETCH_DEPTH + 2);
         let thread = std::thread::Builder::new()
             .name("prefetch".into())
             .spawn(move || {
                 loop {
-                    let mut buf = vec![0u8; PREFETCH_CHUNK];
+                    let mut buf = spare.try_recv().unwrap_or_default();
+                    buf.resize(PREFETCH_CHUNK, 0);
                     let (n, err) = read_some(&mut inner, &mut buf);
                     if n > 0 {
                         buf.truncate(n);
@@ -58,6 +63,7 @@ impl<R: Read + Send + 'static> Prefetch<R> {
             .expect("spawn the prefetch thread");
         Prefetch {
             rx,
+            back,
             cur: Vec::new(),
             pos: 0,
             thread: Some(thread),
@@ -92,7 +98,8 @@ impl<R: Read + Send + 'static> Read for Prefetch<R> {
         while self.pos == self.cur.len() {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
-                    self.cur = chunk;
+                    let used = std::mem::replace(&mut self.cur, chunk);
+                    let _ = self.back.try_send(used);
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
@@ -317,13 +324,16 @@ enum Piece {
 /// take a broken stream for a complete one.
 pub fn pipe(depth: usize) -> (PipeWriter, PipeReader) {
     let (tx, rx) = sync_channel(depth);
+    let (back, spare) = sync_channel(depth + 2);
     (
         PipeWriter {
             tx,
+            spare,
             buf: Vec::with_capacity(PREFETCH_CHUNK),
         },
         PipeReader {
             rx,
+            back,
             cur: Vec::new(),
             pos: 0,
             ended: false,
@@ -333,6 +343,8 @@ pub fn pipe(depth: usize) -> (PipeWriter, PipeReader) {
 
 pub struct PipeWriter {
     tx: std::sync::mpsc::SyncSender<Piece>,
+    /// Buffers the reader is done with, to reuse.
+    spare: Receiver<Vec<u8>>,
     buf: Vec<u8>,
 }
 
@@ -362,7 +374,14 @@ impl Write for PipeWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= PREFETCH_CHUNK {
-            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(PREFETCH_CHUNK));
+            let fresh = match self.spare.try_recv() {
+                Ok(mut v) => {
+                    v.clear();
+                    v
+                }
+                Err(_) => Vec::with_capacity(PREFETCH_CHUNK),
+            };
+            let full = std::mem::replace(&mut self.buf, fresh);
             self.send(Piece::Data(full))?;
         }
         Ok(data.len())
@@ -375,6 +394,7 @@ impl Write for PipeWriter {
 
 pub struct PipeReader {
     rx: Receiver<Piece>,
+    back: std::sync::mpsc::SyncSender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
     ended: bool,
@@ -388,7 +408,8 @@ impl Read for PipeReader {
             }
             match self.rx.recv() {
                 Ok(Piece::Data(d)) => {
-                    self.cur = d;
+                    let used = std::mem::replace(&mut self.cur, d);
+                    let _ = self.back.try_send(used);
                     self.pos = 0;
                 }
                 Ok(Piece::End) => self.ended = true,

@@ -250,7 +250,7 @@ impl Target {
         match self {
             Target::Local(Location::Stdin) => {
                 let mut out = io::stdout().lock();
-                io::copy(body, &mut out).map_err(|source| StoreError::Write {
+                copy_large(body, &mut out).map_err(|source| StoreError::Write {
                     path: "<stdout>".into(),
                     source,
                 })?;
@@ -310,6 +310,22 @@ impl Target {
     }
 }
 
+/// `io::copy` with 1 MiB writes instead of 8 KiB ones.
+fn copy_large(from: &mut dyn Read, to: &mut dyn io::Write) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
 /// Write `body` to a temporary name beside `path`, fsync, then rename: a reader of
 /// `path` sees the old file or the whole new one.
 fn write_atomically(path: &std::path::Path, body: &mut dyn Read) -> Result<(), StoreError> {
@@ -328,7 +344,7 @@ fn write_atomically(path: &std::path::Path, body: &mut dyn Read) -> Result<(), S
     };
     let result = (|| {
         let mut f = File::create_new(&tmp)?;
-        io::copy(body, &mut f)?;
+        copy_large(body, &mut f)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         if let Ok(d) = File::open(dir) {

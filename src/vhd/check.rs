@@ -102,6 +102,11 @@ fn check_one(path: &Path, opts: CheckOptions) -> Result<Option<String>> {
         }
         return Ok(None);
     }
+    if primary_at < FOOTER_SIZE as u64 {
+        return Ok(Some(format!(
+            "backup footer invalid: a {size}-byte file has no room for the copy at offset 0"
+        )));
+    }
     let mut copy = [0u8; FOOTER_SIZE];
     super::read_exact_at(&file, path, &mut copy, 0, "read the backup footer")?;
     let backup = Footer::decode(&copy);

@@ -145,7 +145,7 @@ pub fn set_parent(child: &Path, parent: &Path, raw: bool) -> Result<Relinked> {
             ));
         }
         let start = loc.data_offset;
-        let end = start + padded as u64;
+        let end = start.checked_add(padded as u64).unwrap_or(u64::MAX);
         if start % 512 != 0 || end > vhd.primary_at || overlaps(&forbidden, start, end) {
             return Err(VhdError::invalid(
                 child,
@@ -231,6 +231,19 @@ pub fn set_hidden(path: &Path, value: u8) -> Result<()> {
         .map_err(|e| VhdError::io(path, "stat", e))?;
     if meta.is_file() {
         let end = vhd.end_of_data();
+        // blktap would write the footer wherever the metadata claims data ends; a hostile
+        // file could grow to terabytes that way. The footer may move back, never past
+        // the end of the file.
+        if end > vhd.primary_at {
+            return Err(vhd.invalid(
+                "end of data",
+                end,
+                format!(
+                    "beyond the footer at {}: the file is truncated or lies",
+                    vhd.primary_at
+                ),
+            ));
+        }
         vhd.write_at(&bytes, end, "write the footer")?;
         vhd.file()
             .set_len(end + FOOTER_SIZE as u64)
