@@ -1,7 +1,7 @@
 //! One gzip member compressed on all cores (the pigz scheme).
 //!
-//! The input is cut into 512 KiB blocks (128 KiB as pigz spent a quarter of the time
-//! priming dictionaries). Each block is deflated on a worker thread as a
+//! The input is cut into 512 KiB blocks (with pigz's 128 KiB, priming the dictionaries
+//! took a quarter of the time). Each block is deflated on a worker thread as a
 //! raw deflate stream primed with the previous block's last 32 KiB as dictionary (so the
 //! ratio stays close to single-threaded gzip) and ended with a sync flush, which leaves
 //! it byte-aligned and not final; the last block is finished instead. Their
