@@ -805,3 +805,40 @@ fn copy_vdi_streams() {
     assert!(rss < 64 << 10, "peak RSS {rss} KiB for a 160 MiB copy");
     x.assert_clean();
 }
+
+/// The same round trip through the shim against the real Glance 33 (v2), as Nova /
+/// os-xenapi drive it: `upload_vhd2` into a queued image, `download_vhd2` back.
+#[test]
+fn upload_vhd2_then_download_vhd2_against_the_real_glance_v2() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = std::process::Command::new("bash")
+        .arg(repo.join("tests/glance/glance.sh"))
+        .arg("start")
+        .output()
+        .expect("tests/glance/glance.sh");
+    assert!(
+        o.status.success(),
+        "the test Glance did not start: {}",
+        common::stderr(&o)
+    );
+    let url = common::stdout(&o).trim().to_string();
+    let o = std::process::Command::new("python3")
+        .arg(repo.join("tests/glance/glance_client.py"))
+        .args(["create", "plugin-v2"])
+        .env("GLANCE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let id = common::stdout(&o).trim().to_string();
+    upload2_then_download2(&url, 2, &id, "test-token");
+    let o = std::process::Command::new("python3")
+        .arg(repo.join("tests/glance/glance_client.py"))
+        .args(["show", &id])
+        .env("GLANCE_URL", &url)
+        .output()
+        .unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rec["status"], "active");
+    assert_eq!(rec["disk_format"], "vhd");
+    assert_eq!(rec["os_type"], "linux");
+}
