@@ -53,6 +53,7 @@ demo: build
 # Throughput and peak RSS against the old plugin's data path, in one run (not a test).
 bench: build
 	GLANCE_VHD_BIN=$(abspath $(BIN)) ./bench/run.sh
+	GLANCE_VHD_BIN=$(abspath $(BIN)) ./bench/upload.sh
 
 # The xapi plugin shims: the same exec line under each name xapi may call (glance.py
 # and kernel.py for callers that name the plugin so), with the binary's installed path.
