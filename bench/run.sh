@@ -36,7 +36,7 @@ RESULTS=$WORK/results.tsv
 python3 "$HERE/serve.py" "$TGZ" --image-id bench --idle 300 > "$WORK/serve.out" 2> "$WORK/serve.err" &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q '^PORT ' "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 1200); do grep -q "^PORT " "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done  # it hashes the image first
 PORT=$(awk '/^PORT /{print $2}' "$WORK/serve.out")
 [[ -n $PORT ]] || { echo "server did not start" >&2; cat "$WORK/serve.err" >&2; exit 1; }
 EP=http://127.0.0.1:$PORT

@@ -424,8 +424,22 @@ fn upload_then_read_back_with_plain_http_gnu_tar_python_and_our_download() {
     let sr2 = w.sr("d2d2d2d2");
     let o = w.download(&id, &sr2, &[]);
     assert!(o.status.success(), "{}", common::stderr(&o));
-    let leaf = common::stdout(&o).lines().next().unwrap().to_string();
-    assert_eq!(w.content(&sr2.join(format!("{leaf}.vhd"))), GRANDCHILD);
+    let chain: Vec<PathBuf> = common::stdout(&o)
+        .lines()
+        .map(|u| sr2.join(format!("{u}.vhd")))
+        .collect();
+    assert_eq!(w.content(&chain[0]), GRANDCHILD);
+    let o = Command::new(common::python())
+        .arg(repo().join("tests/peers/vhdi_read.py"))
+        .args(&chain)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "libvhdi: {}", common::stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["sha256"], GRANDCHILD,
+        "libvhdi reads the downloaded chain"
+    );
 }
 
 #[test]
@@ -479,6 +493,42 @@ fn upload_failures_never_leave_an_active_image() {
         );
         let st = record(&id)["status"].as_str().unwrap().to_string();
         assert_ne!(st, "active", "after {after}: a broken upload became active");
+    }
+    // The connection cut while the body is on its way (a loopback proxy): the image
+    // must not become active.
+    let port = glance().rsplit(':').next().unwrap().to_string();
+    for cut in ["2000", "12000"] {
+        let mut proxy = Command::new("python3")
+            .arg(repo().join("tests/peers/cut_proxy.py"))
+            .arg(&port)
+            .args(["--cut-at", cut, "--upload"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let url = format!("http://127.0.0.1:{}", line.trim());
+        let id = image(None);
+        let mut args = vec![
+            "upload",
+            "--endpoint",
+            &url,
+            "--sr-path",
+            sr.to_str().unwrap(),
+            "--image-id",
+            &id,
+        ];
+        args.extend_from_slice(&chain);
+        let o = w.run(&args);
+        let _ = proxy.kill();
+        let _ = proxy.wait();
+        assert!(!o.status.success(), "cut at {cut}: accepted");
+        let st = record(&id)["status"].as_str().unwrap().to_string();
+        assert_ne!(st, "active", "cut at {cut}: a cut upload became active");
     }
     let staging: Vec<_> = std::fs::read_dir(&sr)
         .unwrap()

@@ -74,8 +74,10 @@ impl Failure {
                 Class::Argument
             }
             other => match (other.kind(), op) {
-                // Exactly what Nova compares details[3] with.
-                (ErrorKind::NotFound, Op::Upload) => {
+                // Exactly what Nova compares details[3] with: the store has no such
+                // image. (A VDI missing from the SR is not found too, but it is not
+                // Nova's ImageNotFound.)
+                (ErrorKind::NotFound, Op::Upload) if from_store(other) => {
                     return Failure::plugin(function, Class::Plugin, "ImageNotFound")
                 }
                 // Another process holds the SR lock, or the network or store is busy:
@@ -92,6 +94,14 @@ impl Failure {
         };
         Failure::plugin(function, class, &chain(err))
     }
+}
+
+/// Whether the error is the image store's answer (not the SR's or the VHD engine's).
+fn from_store(err: &CallError) -> bool {
+    matches!(
+        err,
+        CallError::Store(_) | CallError::Sr(crate::sr::SrError::Store(_))
+    )
 }
 
 /// `error: cause: cause`, as the CLI prints it.

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A loopback TCP proxy for fault tests: forwards 127.0.0.1:<printed port> to TARGET_PORT
-and cuts the connection once CUT_AT bytes of the server's response have been passed on
-(--cut-at), or after the first connection only (--first-only). Prints its port on stdout.
+and cuts the connection once CUT_AT bytes of the server's response (or, with --upload,
+of the client's request) have been passed on (--cut-at), or after the first connection
+only (--first-only). Prints its port on stdout.
 Stops after 120 s without a connection."""
 import argparse, socket, sys, threading, time
 
@@ -9,6 +10,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("target_port", type=int)
 ap.add_argument("--cut-at", type=int, required=True)
 ap.add_argument("--first-only", action="store_true")
+ap.add_argument("--upload", action="store_true", help="cut the client-to-server direction")
 args = ap.parse_args()
 count = [0]
 last = [time.time()]
@@ -40,8 +42,9 @@ def handle(client):
     count[0] += 1
     cut = args.cut_at if (count[0] == 1 or not args.first_only) else None
     server = socket.create_connection(("127.0.0.1", args.target_port))
-    threading.Thread(target=pipe, args=(client, server, None), daemon=True).start()
-    threading.Thread(target=pipe, args=(server, client, cut), daemon=True).start()
+    up, down = (cut, None) if args.upload else (None, cut)
+    threading.Thread(target=pipe, args=(client, server, up), daemon=True).start()
+    threading.Thread(target=pipe, args=(server, client, down), daemon=True).start()
 
 
 lsock = socket.socket()
