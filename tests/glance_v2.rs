@@ -288,20 +288,8 @@ fn download_failures_leave_the_sr_untouched() {
     let id = image(Some(&tgz));
     let port = glance().rsplit(':').next().unwrap().to_string();
     for cut in ["300", "2000", "9000"] {
-        let mut proxy = Command::new("python3")
-            .arg(repo().join("tests/peers/cut_proxy.py"))
-            .arg(&port)
-            .args(["--cut-at", cut])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let url = format!("http://127.0.0.1:{}", line.trim());
+        let proxy = common::Peer::cut_proxy(&port, cut, false);
+        let url = proxy.url();
         let lock = w.dir.path().join("lock");
         let o = w.run(&[
             "download",
@@ -314,8 +302,7 @@ fn download_failures_leave_the_sr_untouched() {
             "--lock-dir",
             lock.to_str().unwrap(),
         ]);
-        let _ = proxy.kill();
-        let _ = proxy.wait();
+        drop(proxy);
         assert!(!o.status.success(), "cut at {cut}: accepted");
         assert_eq!(listing(&sr), ["existing.vhd"], "cut at {cut}");
     }
@@ -498,20 +485,8 @@ fn upload_failures_never_leave_an_active_image() {
     // must not become active.
     let port = glance().rsplit(':').next().unwrap().to_string();
     for cut in ["2000", "12000"] {
-        let mut proxy = Command::new("python3")
-            .arg(repo().join("tests/peers/cut_proxy.py"))
-            .arg(&port)
-            .args(["--cut-at", cut, "--upload"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let url = format!("http://127.0.0.1:{}", line.trim());
+        let proxy = common::Peer::cut_proxy(&port, cut, true);
+        let url = proxy.url();
         let id = image(None);
         let mut args = vec![
             "upload",
@@ -524,8 +499,7 @@ fn upload_failures_never_leave_an_active_image() {
         ];
         args.extend_from_slice(&chain);
         let o = w.run(&args);
-        let _ = proxy.kill();
-        let _ = proxy.wait();
+        drop(proxy);
         assert!(!o.status.success(), "cut at {cut}: accepted");
         let st = record(&id)["status"].as_str().unwrap().to_string();
         assert_ne!(st, "active", "cut at {cut}: a cut upload became active");

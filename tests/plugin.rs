@@ -167,45 +167,7 @@ impl Sr {
 }
 
 /// The Glance v1 stand-in (tests/peers/glance_v1_standin.py).
-struct Standin {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Standin {
-    fn start(dir: &Path, opts: &[&str]) -> Standin {
-        std::fs::create_dir_all(dir).unwrap();
-        let mut child = Command::new("python3")
-            .arg(Path::new(MANIFEST).join("tests/peers/glance_v1_standin.py"))
-            .arg(dir)
-            .args(opts)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        Standin {
-            child,
-            port: line.trim().parse().unwrap(),
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Standin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Peer as Standin;
 
 /// `upload_vhd2` of the SR's chain as `image_id`, then `download_vhd2` of it into a fresh
 /// SR: the downloaded chain reads as the same disk. `endpoint`/`api_version` pick the

@@ -5,47 +5,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-struct Standin {
-    child: Child,
-    port: u16,
-}
-
-impl Standin {
-    fn start(dir: &Path, opts: &[&str]) -> Standin {
-        let mut child = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/glance_v1_standin.py"))
-            .arg(dir)
-            .args(opts)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the v1 stand-in");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        Standin {
-            child,
-            port: line.trim().parse().expect("port"),
-        }
-    }
-
-    fn url(&self, prefix: &str) -> String {
-        format!("http://127.0.0.1:{}{prefix}", self.port)
-    }
-}
-
-impl Drop for Standin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Peer as Standin;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -119,7 +83,7 @@ fn v1_download_with_prefix_trailing_slash_and_token() {
         &["--prefix", "/image", "--require-token", "s3cret"],
     );
     let o = f.download(
-        &s.url("/image/"),
+        &format!("{}/image/", s.url()),
         "img-1",
         &["--header", "X-Auth-Token: s3cret", "--json"],
     );
@@ -149,23 +113,23 @@ fn status_classes_and_checksum_mismatch() {
     let f = fixture();
     // Not found: exit 4, permanent.
     let s = Standin::start(&f.images, &[]);
-    let o = f.download(&s.url(""), "nope", &[]);
+    let o = f.download(&s.url(), "nope", &[]);
     assert_fails(&f, &o, 4, "404", "404");
     // Unauthorised: permanent (exit 1), not retried.
     let s = Standin::start(&f.images, &["--require-token", "t"]);
-    let o = f.download(&s.url(""), "img-1", &[]);
+    let o = f.download(&s.url(), "img-1", &[]);
     assert_fails(&f, &o, 1, "401", "401");
     for (status, code) in [(403, 1), (500, 5), (503, 5)] {
         let s = Standin::start(&f.images, &["--status", &status.to_string()]);
-        let o = f.download(&s.url(""), "img-1", &[]);
+        let o = f.download(&s.url(), "img-1", &[]);
         assert_fails(&f, &o, code, &status.to_string(), &format!("HTTP {status}"));
     }
     // The declared checksum does not match the bytes: nothing reaches the SR.
     let s = Standin::start(&f.images, &["--wrong-checksum"]);
-    let o = f.download(&s.url(""), "img-1", &[]);
+    let o = f.download(&s.url(), "img-1", &[]);
     assert_fails(&f, &o, 5, "checksum mismatch", "wrong checksum");
     // Image ids are path components.
-    let o = f.download(&s.url(""), "../etc", &[]);
+    let o = f.download(&s.url(), "../etc", &[]);
     assert_fails(&f, &o, 3, "not a valid id", "bad id");
 }
 
@@ -175,7 +139,7 @@ fn cut_connections_stalls_and_slow_drips_leave_nothing() {
     let size = std::fs::metadata(f.images.join("img-1")).unwrap().len();
     for cut in [5, 10, 100, 600, 1200, size / 2, size - 20, size - 1] {
         let s = Standin::start(&f.images, &["--cut-at", &cut.to_string()]);
-        let o = f.download(&s.url(""), "img-1", &[]);
+        let o = f.download(&s.url(), "img-1", &[]);
         assert!(!o.status.success(), "cut at {cut}: accepted");
         assert_ne!(o.status.code(), Some(101), "cut at {cut}: panicked");
         f.assert_untouched(&format!("cut at {cut}"));
@@ -183,7 +147,7 @@ fn cut_connections_stalls_and_slow_drips_leave_nothing() {
     // A stalled server: the idle timeout fires.
     let s = Standin::start(&f.images, &["--stall-at", "2000"]);
     let t = Instant::now();
-    let o = f.download(&s.url(""), "img-1", &["--idle-timeout", "2"]);
+    let o = f.download(&s.url(), "img-1", &["--idle-timeout", "2"]);
     assert!(!o.status.success());
     assert!(
         t.elapsed() < Duration::from_secs(20),
@@ -200,7 +164,7 @@ fn cut_connections_stalls_and_slow_drips_leave_nothing() {
     let s = Standin::start(&f.images, &["--drip"]);
     let t = Instant::now();
     let o = f.download(
-        &s.url(""),
+        &s.url(),
         "img-1",
         &["--idle-timeout", "5", "--deadline", "1"],
     );

@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 /// An SR holding the tap sample chain grandchild → child → parent under VDI UUIDs,
 /// made by our own download of a GNU-tar tarball.
@@ -323,45 +322,7 @@ fn bad_requests_leave_nothing() {
     s.no_staging_left();
 }
 
-struct Standin {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Standin {
-    fn start(dir: &Path, opts: &[&str]) -> Standin {
-        std::fs::create_dir_all(dir).unwrap();
-        let mut child = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/glance_v1_standin.py"))
-            .arg(dir)
-            .args(opts)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        Standin {
-            child,
-            port: line.trim().parse().unwrap(),
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Standin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Peer as Standin;
 
 #[test]
 fn v1_upload_headers_queued_check_and_status_classes() {

@@ -111,3 +111,68 @@ pub fn content_sums() -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// A helper process of the tests (the Glance v1 stand-in, the cut proxy) that prints its
+/// port on the first line of stdout; killed when dropped.
+pub struct Peer {
+    child: std::process::Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Peer {
+    fn spawn(script: &str, args: &[&std::ffi::OsStr], dir: &Path) -> Peer {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {script}: {e}"));
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the port");
+        let port = line
+            .split_whitespace()
+            .last()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{script} printed no port: {line:?}"));
+        Peer {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The Glance v1 stand-in (tests/peers/glance_v1_standin.py) serving `dir`.
+    pub fn start(dir: &Path, opts: &[&str]) -> Peer {
+        std::fs::create_dir_all(dir).expect("stand-in dir");
+        let mut args: Vec<&std::ffi::OsStr> = vec![dir.as_os_str()];
+        args.extend(opts.iter().map(std::ffi::OsStr::new));
+        Peer::spawn("tests/peers/glance_v1_standin.py", &args, dir)
+    }
+
+    /// A loopback proxy to `target_port` that cuts the connection after `cut_at` bytes
+    /// of the answer, or of the request with `upload`.
+    pub fn cut_proxy(target_port: &str, cut_at: &str, upload: bool) -> Peer {
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec![target_port.as_ref(), "--cut-at".as_ref(), cut_at.as_ref()];
+        if upload {
+            args.push("--upload".as_ref());
+        }
+        Peer::spawn("tests/peers/cut_proxy.py", &args, Path::new("."))
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
