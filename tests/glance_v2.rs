@@ -8,7 +8,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,32 +20,12 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The URL of the running test Glance (started once per test binary, idempotently).
 fn glance() -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let o = Command::new("bash")
-            .arg(repo().join("tests/glance/glance.sh"))
-            .arg("start")
-            .output()
-            .expect("run tests/glance/glance.sh");
-        assert!(
-            o.status.success(),
-            "the test Glance did not start (run `make setup`): {}",
-            common::stderr(&o)
-        );
-        common::stdout(&o).trim().to_string()
-    })
+    common::glance_url()
 }
 
-/// tests/glance/glance_client.py with the test Glance's URL.
 fn client(args: &[&str]) -> Output {
-    Command::new("python3")
-        .arg(repo().join("tests/glance/glance_client.py"))
-        .args(args)
-        .env("GLANCE_URL", glance())
-        .output()
-        .expect("run glance_client.py")
+    common::glance_client(args)
 }
 
 fn record(id: &str) -> serde_json::Value {

@@ -772,33 +772,12 @@ fn copy_vdi_streams() {
 /// os-xenapi drive it: `upload_vhd2` into a queued image, `download_vhd2` back.
 #[test]
 fn upload_vhd2_then_download_vhd2_against_the_real_glance_v2() {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = std::process::Command::new("bash")
-        .arg(repo.join("tests/glance/glance.sh"))
-        .arg("start")
-        .output()
-        .expect("tests/glance/glance.sh");
-    assert!(
-        o.status.success(),
-        "the test Glance did not start: {}",
-        common::stderr(&o)
-    );
-    let url = common::stdout(&o).trim().to_string();
-    let o = std::process::Command::new("python3")
-        .arg(repo.join("tests/glance/glance_client.py"))
-        .args(["create", "plugin-v2"])
-        .env("GLANCE_URL", &url)
-        .output()
-        .unwrap();
+    let url = common::glance_url();
+    let o = common::glance_client(&["create", "plugin-v2"]);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let id = common::stdout(&o).trim().to_string();
-    upload2_then_download2(&url, 2, &id, "test-token");
-    let o = std::process::Command::new("python3")
-        .arg(repo.join("tests/glance/glance_client.py"))
-        .args(["show", &id])
-        .env("GLANCE_URL", &url)
-        .output()
-        .unwrap();
+    upload2_then_download2(url, 2, &id, "test-token");
+    let o = common::glance_client(&["show", &id]);
     let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(rec["status"], "active");
     assert_eq!(rec["disk_format"], "vhd");

@@ -176,3 +176,32 @@ impl Drop for Peer {
         let _ = self.child.wait();
     }
 }
+
+/// The URL of the real test Glance (tests/glance/glance.sh, installed by `make setup`),
+/// started once per test binary; the script is idempotent across binaries.
+pub fn glance_url() -> &'static str {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let o = Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/glance/glance.sh"))
+            .arg("start")
+            .output()
+            .expect("run tests/glance/glance.sh");
+        assert!(
+            o.status.success(),
+            "the test Glance did not start (run `make setup`): {}",
+            stderr(&o)
+        );
+        stdout(&o).trim().to_string()
+    })
+}
+
+/// tests/glance/glance_client.py (a plain HTTP client) against the test Glance.
+pub fn glance_client(args: &[&str]) -> Output {
+    Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/glance/glance_client.py"))
+        .args(args)
+        .env("GLANCE_URL", glance_url())
+        .output()
+        .expect("run glance_client.py")
+}
