@@ -1,56 +1,117 @@
-//! The admin command line. Each command is a thin call into the library; errors are
-//! printed as `glance-vhd: <what failed>: <why>` with the cause chain, and the exit code
-//! comes from the error kind. The `vhd query`/`vhd check` commands keep `vhd-util`'s
-//! output and errno exit codes so admin scripts can switch over.
+//! The admin command line, for a dom0 admin at a terminal and a cron job at 02:00.
+//! Each command is a thin call into the library; errors are printed as
+//! `glance-vhd: <what failed>: <why>` with the cause chain (and as `{"error": …}` with
+//! `--json`), and the exit code comes from the error kind. `download` and `upload` add
+//! what a nightly job needs around the engines: endpoints tried in turn with retries
+//! ([`crate::retry`]), a lock per SR, a rate limit, low priority, a progress bar on a
+//! terminal and progress lines in syslog, and a one-line summary. The `vhd query`/
+//! `vhd check` commands keep `vhd-util`'s output and errno exit codes so admin scripts
+//! can switch over.
 
 use std::error::Error as StdError;
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::error::{exit, Kind};
+use crate::log::say;
+use crate::progress::{Display, Monitor, Progress};
 use crate::vhd::{self, check::CheckOptions, create::Stamp, OpenMode, Vhd, VhdError};
 
-const EXIT_CODES: &str = "\
-Exit codes:
+/// The exit-code table, also in the README.
+macro_rules! exit_codes {
+    () => {
+        "Exit codes:
   0  success
-  1  failure (I/O, refused by the store)
-  2  usage error
+  1  permanent failure (I/O, refused by the store, image not queued)
+  2  usage error (a bad flag or value)
   3  invalid input (a broken or hostile VHD, tarball or argument)
-  4  not found
-  5  retryable failure (network, server busy) after all retries
-  6  locked (another run holds the lock)
-`vhd query` and `vhd check` exit with vhd-util's errno codes instead (2 ENOENT, 22 EINVAL, ...).";
+  4  not found (the image, a VDI, a parent)
+  5  retryable failure (network, server busy, checksum) after all retries
+  6  locked (another run holds the SR's lock file)
+`vhd query` and `vhd check` exit with vhd-util's errno codes instead (2 ENOENT, 22 EINVAL, ...)."
+    };
+}
+
+const TOP_HELP: &str = concat!(
+    "Examples:
+  glance-vhd download --image-id $IMAGE --sr-path /var/run/sr-mount/$SR
+  glance-vhd upload --leaf $VDI --sr-path /var/run/sr-mount/$SR \\
+      --create --name nightly-web
+  glance-vhd vhd check --parents /var/run/sr-mount/$SR/$VDI.vhd
+
+Environment:
+  OS_IMAGE_URL   default --endpoint (the Glance endpoint, e.g. https://glance:9292)
+  OS_AUTH_TOKEN  default --token (sent as X-Auth-Token)
+  OS_CACERT      default --cacert
+
+",
+    exit_codes!()
+);
 
 #[derive(Parser, Debug)]
 #[command(
     name = "glance-vhd",
     version,
     about = "Move VHD chains between a XenServer file SR and OpenStack Glance; native VHD tools",
-    after_help = EXIT_CODES
+    after_help = TOP_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Only errors on stderr: no progress bar, no summary line, no warnings
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More on stderr: each attempt and step (-v), each request (-vv)
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Native VHD tools (vhd-util compatible where it matters)
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  glance-vhd vhd info /var/run/sr-mount/$SR/$VDI.vhd"
+    )]
     Vhd(VhdCommand),
     /// Import an image (a gzipped tarball of VHDs) into a file SR
-    #[command(
-        after_help = "Examples:\n  glance-vhd download --endpoint file:///srv/images/web.tgz --sr-path /var/run/sr-mount/$SR\n  curl -s $URL | glance-vhd download --endpoint - --sr-path /var/run/sr-mount/$SR --json"
-    )]
+    #[command(after_help = concat!(
+        "Examples:
+  export OS_IMAGE_URL=https://glance.example:9292
+  export OS_AUTH_TOKEN=$(openstack token issue -f value -c id)
+  glance-vhd download --image-id $IMAGE --sr-path /var/run/sr-mount/$SR
+  glance-vhd download --endpoint http://glance1:9292 --endpoint http://glance2:9292 \\
+      --retries 5 --image-id $IMAGE --sr-path /var/run/sr-mount/$SR \\
+      --rate-limit 50M --nice --json
+  curl -s $URL | glance-vhd download --endpoint - --sr-path /var/run/sr-mount/$SR
+
+Prints the new VDI UUIDs (leaf first) on stdout, or one JSON object with --json.
+
+",
+        exit_codes!()
+    ))]
     Download(DownloadArgs),
     /// Upload a VDI chain from a file SR as a gzipped tarball of VHDs
-    #[command(
-        after_help = "Examples:\n  glance-vhd upload --endpoint http://glance:9292 --header \"X-Auth-Token: $TOKEN\" \\\n      --sr-path /var/run/sr-mount/$SR --leaf $VDI --create --name nightly-$(date +%F)\n  glance-vhd upload --endpoint file:///srv/images/web.tgz --sr-path /var/run/sr-mount/$SR --vdi $LEAF --vdi $BASE --image-id local"
-    )]
+    #[command(after_help = concat!(
+        "Examples:
+  glance-vhd upload --endpoint https://glance.example:9292 --token $TOKEN \\
+      --sr-path /var/run/sr-mount/$SR --leaf $VDI --create --name nightly-$(date +%F)
+  glance-vhd upload --image-id $QUEUED_IMAGE --sr-path /var/run/sr-mount/$SR \\
+      --vdi $LEAF --vdi $BASE
+  glance-vhd upload --endpoint file:///srv/images/web.tgz \\
+      --sr-path /var/run/sr-mount/$SR --leaf $VDI
+
+Prints the image id on stdout, or one JSON object with --json.
+
+",
+        exit_codes!()
+    ))]
     Upload(UploadArgs),
     /// Answer one xapi plugin call (what plugin-wrapper/glance and kernel exec)
     #[command(hide = true)]
@@ -64,7 +125,7 @@ pub enum Command {
     },
     /// Remove staging directories left in an SR by a killed process
     #[command(
-        after_help = "Example (cron):\n  glance-vhd sweep --sr-path /var/run/sr-mount/$SR --older-than 3600"
+        after_help = "Example (cron, hourly):\n  glance-vhd sweep --sr-path /var/run/sr-mount/$SR --older-than 3600 -q\n\nOnly .glance-vhd-staging-* directories that this user owns, that are older than\n--older-than and that no live process holds (flock) are removed."
     )]
     Sweep {
         #[arg(long)]
@@ -72,6 +133,7 @@ pub enum Command {
         /// Only directories older than this many seconds
         #[arg(long, default_value_t = 3600)]
         older_than: u64,
+        /// Print {"swept": [{"path", "removed", "reason"}, …]}
         #[arg(long)]
         json: bool,
     },
@@ -90,20 +152,60 @@ pub struct DownloadArgs {
     /// VDI UUIDs for 0.vhd, 1.vhd, … in this order (leaf first); generated if absent
     #[arg(long = "uuid")]
     pub uuids: Vec<uuid::Uuid>,
-    /// Directory of the storage manager's lock files
+    /// Directory of the storage manager's lock files (its SR lock is held while the
+    /// chain moves into the SR)
     #[arg(long, default_value = "/var/lock/sm")]
     pub lock_dir: PathBuf,
-    /// Print the result as JSON: {"root": {"uuid": …}, "chain": [...], ...}
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Print the result as one JSON object (README "JSON output")
     #[arg(long)]
     pub json: bool,
+}
+
+/// What keeps a nightly job well-behaved (download and upload alike).
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    /// One run per SR at a time: the lock file [default: /var/lock/glance-vhd/<sr-uuid>.lock]
+    #[arg(long, value_name = "PATH")]
+    pub lock_file: Option<PathBuf>,
+    /// Seconds to wait for another run to release the lock; after that, exit 6
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub lock_wait: u64,
+    /// Take no lock (concurrent runs on one SR are safe; the lock only keeps cron
+    /// runs from piling up)
+    #[arg(long, conflicts_with_all = ["lock_file", "lock_wait"])]
+    pub no_lock: bool,
+    /// At most this many bytes a second on the wire (e.g. 50M, 512K)
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub rate_limit: Option<u64>,
+    /// Run at low priority: CPU nice 10 and the idle I/O class
+    #[arg(long)]
+    pub nice: bool,
+    /// Retries after a retryable failure (network, 5xx, checksum), each with the next
+    /// --endpoint, after a growing pause with jitter
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub retries: u32,
+    /// The first pause between attempts, in seconds (doubling, at most 120)
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0, value_parser = parse_seconds)]
+    pub retry_delay: f64,
 }
 
 /// How to reach the image store (download and upload alike).
 #[derive(Args, Debug)]
 pub struct StoreArgs {
-    /// The image store: http(s)://glance:9292[/prefix], file:///path/image.tgz, or -
-    #[arg(long, env = "OS_IMAGE_URL")]
-    pub endpoint: String,
+    /// The image store: http(s)://glance:9292[/prefix], file:///path/image.tgz, or -.
+    /// Repeat for several Glance servers: each retry moves to the next
+    #[arg(
+        long = "endpoint",
+        env = "OS_IMAGE_URL",
+        required = true,
+        value_name = "URL"
+    )]
+    pub endpoints: Vec<String>,
+    /// Keystone token, sent as X-Auth-Token
+    #[arg(long, env = "OS_AUTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Glance API version
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
     pub api_version: u8,
@@ -127,24 +229,57 @@ pub struct StoreArgs {
     pub deadline: Option<u64>,
 }
 
+fn is_http(endpoint: &str) -> bool {
+    endpoint.starts_with("http://") || endpoint.starts_with("https://")
+}
+
 impl StoreArgs {
-    fn is_http(&self) -> bool {
-        self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://")
+    /// All endpoints are Glance servers, or there is one local endpoint.
+    fn check(&self) -> Result<bool, String> {
+        let http = self.endpoints.iter().filter(|e| is_http(e)).count();
+        match (http, self.endpoints.len()) {
+            (h, n) if h == n => Ok(true),
+            (0, 1) => Ok(false),
+            _ => Err(format!(
+                "--endpoint {}: several endpoints must all be http(s) Glance servers",
+                self.endpoints.join(" --endpoint ")
+            )),
+        }
     }
 
-    fn glance(&self) -> Result<crate::store::glance::Glance, crate::store::StoreError> {
+    /// The endpoint for attempt `n` (0-based): round robin.
+    fn endpoint(&self, n: u32) -> &str {
+        &self.endpoints[n as usize % self.endpoints.len()]
+    }
+
+    fn glance(
+        &self,
+        endpoint: &str,
+    ) -> Result<crate::store::glance::Glance, crate::store::StoreError> {
         use crate::store::glance::{Api, Glance, GlanceConfig};
         let api = if self.api_version == 1 {
             Api::V1
         } else {
             Api::V2
         };
-        let mut cfg = GlanceConfig::new(&self.endpoint, api);
+        let mut cfg = GlanceConfig::new(endpoint, api);
         cfg.headers = self.headers.clone();
+        if let Some(t) = &self.token {
+            if !cfg
+                .headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("x-auth-token"))
+            {
+                cfg.headers.push(("X-Auth-Token".into(), t.clone()));
+            }
+        }
         cfg.cacert = self.cacert.clone();
         cfg.insecure = self.insecure;
         if self.insecure {
-            eprintln!("glance-vhd: warning: TLS certificate verification is disabled (--insecure)");
+            say(
+                0,
+                "warning: TLS certificate verification is disabled (--insecure)",
+            );
         }
         cfg.connect_timeout = std::time::Duration::from_secs(self.connect_timeout);
         cfg.idle_timeout = std::time::Duration::from_secs(self.idle_timeout);
@@ -155,7 +290,7 @@ impl StoreArgs {
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("chain").required(true).args(["vdi", "leaf"])))]
-#[command(group(clap::ArgGroup::new("image").required(true).args(["image_id", "create"])))]
+#[command(group(clap::ArgGroup::new("image").args(["image_id", "create"])))]
 pub struct UploadArgs {
     #[command(flatten)]
     pub store: StoreArgs,
@@ -174,6 +309,7 @@ pub struct UploadArgs {
     /// Create the image record first (Glance v2), named --name
     #[arg(long, requires = "name")]
     pub create: bool,
+    /// The new image's name (with --create)
     #[arg(long)]
     pub name: Option<String>,
     /// Image property key=value (repeatable)
@@ -185,7 +321,9 @@ pub struct UploadArgs {
     /// Compression threads (default: all cores)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads: Option<u32>,
-    /// Print the result as JSON
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Print the result as one JSON object (README "JSON output")
     #[arg(long)]
     pub json: bool,
 }
@@ -221,6 +359,9 @@ pub enum VhdCommand {
         /// Do not reject timestamps in the future
         #[arg(short = 't', long)]
         ignore_timestamps: bool,
+        /// Print {"file", "valid", "problem"}
+        #[arg(long)]
+        json: bool,
     },
     /// vhd-util modify -p: make PARENT the parent of CHILD (byte-identical to blktap)
     #[command(after_help = "Example:\n  glance-vhd vhd set-parent /sr/leaf.vhd /sr/base.vhd")]
@@ -261,6 +402,9 @@ pub enum VhdCommand {
         size: u64,
         #[command(flatten)]
         stamp: StampArgs,
+        /// Print {"file", "virtual_size"}
+        #[arg(long)]
+        json: bool,
     },
     /// Read the whole virtual disk through its parent chain to a raw file or `-`
     #[command(
@@ -349,6 +493,27 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// A rate in bytes a second: a size (`50M`), not zero.
+fn parse_rate(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("a rate limit of 0 would never finish".into()),
+        n => Ok(n),
+    }
+}
+
+/// Seconds, fractions allowed, 0 to a day.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if (0.0..=86400.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s:?}: between 0 and 86400 seconds"))
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -361,6 +526,11 @@ pub fn main() -> ExitCode {
             });
         }
     };
+    crate::log::set_verbosity(if cli.quiet {
+        -1
+    } else {
+        cli.verbose.min(2) as i8
+    });
     match cli.command {
         Command::Vhd(cmd) => run_vhd(cmd),
         Command::Download(args) => download(&args),
@@ -370,11 +540,11 @@ pub fn main() -> ExitCode {
             sr_path,
             older_than,
             json,
-        } => match crate::sr::sweep(&sr_path, std::time::Duration::from_secs(older_than)) {
+        } => match crate::sr::sweep(&sr_path, Duration::from_secs(older_than)) {
             Ok(swept) => {
                 if json {
-                    print_json(&swept);
-                } else {
+                    print_json(&serde_json::json!({ "swept": swept }));
+                } else if crate::log::verbosity() >= 0 {
                     for s in &swept {
                         let what = if s.removed { "removed" } else { "kept" };
                         println!("{what} {} ({})", s.path.display(), s.reason);
@@ -382,13 +552,13 @@ pub fn main() -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(e),
+            Err(e) => fail_as(e, json),
         },
     }
 }
 
-/// Print `glance-vhd: <error>: <cause>: <cause>` on stderr.
-pub fn report(err: &dyn StdError) {
+/// `<error>: <cause>: <cause>`.
+fn chain(err: &dyn StdError) -> String {
     let mut msg = err.to_string();
     let mut src = err.source();
     while let Some(s) = src {
@@ -396,12 +566,42 @@ pub fn report(err: &dyn StdError) {
         msg.push_str(&s.to_string());
         src = s.source();
     }
-    eprintln!("glance-vhd: {msg}");
+    msg
+}
+
+/// Print `glance-vhd: <error>: <cause>: <cause>` on stderr.
+pub fn report(err: &dyn StdError) {
+    eprintln!("glance-vhd: {}", chain(err));
 }
 
 fn fail<E: StdError + Kind>(e: E) -> ExitCode {
+    fail_as(e, false)
+}
+
+/// Report `e`; with `--json`, also as `{"error": {"message", "kind", "exit_code"}}` on
+/// stdout, so a script reading the JSON always gets one object.
+fn fail_as<E: StdError + Kind>(e: E, json: bool) -> ExitCode {
     report(&e);
-    e.kind().exit_code()
+    let kind = e.kind();
+    if json {
+        print_json(&serde_json::json!({"error": {
+            "message": chain(&e),
+            "kind": kind.name(),
+            "exit_code": kind.code(),
+        }}));
+    }
+    kind.exit_code()
+}
+
+/// A usage error found after parsing (flags that clap cannot relate): exit 2.
+fn usage(msg: &str, json: bool) -> ExitCode {
+    eprintln!("glance-vhd: {msg}");
+    if json {
+        print_json(&serde_json::json!({"error": {
+            "message": msg, "kind": "usage", "exit_code": exit::USAGE,
+        }}));
+    }
+    ExitCode::from(exit::USAGE)
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
@@ -430,6 +630,7 @@ fn run_vhd(cmd: VhdCommand) -> ExitCode {
             name,
             parents,
             ignore_timestamps,
+            json,
         } => {
             let path = file.or(name).expect("clap requires one");
             let opts = CheckOptions {
@@ -437,6 +638,17 @@ fn run_vhd(cmd: VhdCommand) -> ExitCode {
                 ignore_timestamps,
             };
             match vhd::check::check(&path, opts) {
+                Ok(problem) if json => {
+                    print_json(&serde_json::json!({
+                        "file": path, "valid": problem.is_none(), "problem": problem,
+                    }));
+                    let code = if problem.is_none() {
+                        0
+                    } else {
+                        vhd::error::EINVAL
+                    };
+                    ExitCode::from(code as u8)
+                }
                 Ok(None) => {
                     println!("{} is valid", path.display());
                     ExitCode::SUCCESS
@@ -447,6 +659,11 @@ fn run_vhd(cmd: VhdCommand) -> ExitCode {
                 }
                 Err(e) => {
                     report(&e);
+                    if json {
+                        print_json(&serde_json::json!({"error": {
+                            "message": chain(&e), "kind": e.kind().name(), "exit_code": e.errno(),
+                        }}));
+                    }
                     ExitCode::from(e.errno() as u8)
                 }
             }
@@ -486,16 +703,212 @@ fn run_vhd(cmd: VhdCommand) -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        VhdCommand::Create { file, size, stamp } => {
-            match vhd::create::create_dynamic(&file, size, &stamp.stamp()) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => fail(e),
+        VhdCommand::Create {
+            file,
+            size,
+            stamp,
+            json,
+        } => match vhd::create::create_dynamic(&file, size, &stamp.stamp()) {
+            Ok(_) if json => {
+                // The size as created: rounded up to whole 2 MiB blocks.
+                let virtual_size = vhd::info::info(&file).map(|i| i.virtual_size).ok();
+                print_json(&serde_json::json!({"file": file, "virtual_size": virtual_size}));
+                ExitCode::SUCCESS
             }
-        }
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail_as(e, json),
+        },
         VhdCommand::Read { file, out } => match read(&file, &out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
+    }
+}
+
+/// The summary of a transfer: the one line on stderr, and `"summary"` in `--json`.
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    /// The Glance image, when the store is Glance.
+    image_id: Option<String>,
+    /// The endpoint of the attempt that succeeded.
+    endpoint: String,
+    attempts: u32,
+    /// Bytes on the wire (the gzipped tarball).
+    bytes: u64,
+    seconds: f64,
+    bytes_per_second: u64,
+    md5: String,
+    sha512: String,
+}
+
+impl Summary {
+    fn new(
+        image_id: Option<&str>,
+        endpoint: &str,
+        attempts: u32,
+        stream: &crate::store::Digests,
+        took: Duration,
+    ) -> Summary {
+        let seconds = took.as_secs_f64();
+        Summary {
+            image_id: image_id.map(str::to_string),
+            endpoint: endpoint.to_string(),
+            attempts,
+            bytes: stream.bytes,
+            seconds: (seconds * 1000.0).round() / 1000.0,
+            bytes_per_second: (stream.bytes as f64 / seconds.max(0.001)) as u64,
+            md5: stream.md5.clone(),
+            sha512: stream.sha512.clone(),
+        }
+    }
+
+    /// `<what>: 1.20 GiB in 14.2 s (86.40 MiB/s), md5 …, 2 attempts`
+    fn line(&self, what: &str) -> String {
+        use indicatif::HumanBytes;
+        let attempts = match self.attempts {
+            1 => String::new(),
+            n => format!(", {n} attempts"),
+        };
+        format!(
+            "{what}: {} in {:.1} s ({}/s), md5 {}{attempts}",
+            HumanBytes(self.bytes),
+            self.seconds,
+            HumanBytes(self.bytes_per_second),
+            self.md5,
+        )
+    }
+}
+
+/// What a download or upload holds while it runs: the SR's job lock, and the progress
+/// display.
+struct Job {
+    _lock: Option<crate::sr::JobLock>,
+    progress: Arc<Progress>,
+    monitor: Monitor,
+    policy: crate::retry::Policy,
+    started: Instant,
+}
+
+impl Job {
+    /// Lower the priority, take the lock, start the display: in that order, so a run
+    /// that waits for the lock shows no bar and one that is refused changed nothing.
+    fn start(args: &JobArgs, sr_path: &Path, label: String) -> Result<Job, crate::sr::SrError> {
+        if args.nice {
+            lower_priority();
+        }
+        let lock = if args.no_lock {
+            None
+        } else {
+            let path = match &args.lock_file {
+                Some(p) => p.clone(),
+                None => crate::sr::JobLock::default_path(sr_path)?,
+            };
+            say(1, &format!("taking the lock {}", path.display()));
+            Some(crate::sr::JobLock::acquire(
+                &path,
+                Duration::from_secs(args.lock_wait),
+                &label,
+            )?)
+        };
+        let progress = Progress::new();
+        let monitor = Monitor::start(
+            progress.clone(),
+            Display {
+                // On a terminal only: cron mail and log files get the summary line.
+                bar: std::io::stderr().is_terminal() && crate::log::verbosity() >= 0,
+                log_every: Some(crate::progress::log_interval()),
+                label,
+            },
+        );
+        Ok(Job {
+            _lock: lock,
+            progress,
+            monitor,
+            policy: crate::retry::Policy {
+                retries: args.retries,
+                base: Duration::from_secs_f64(args.retry_delay),
+                ..Default::default()
+            },
+            started: Instant::now(),
+        })
+    }
+
+    fn transfer(&self, args: &JobArgs) -> crate::sr::Transfer {
+        crate::sr::Transfer {
+            rate_limit: args.rate_limit,
+            progress: Some(self.progress.clone()),
+        }
+    }
+
+    /// Run `attempt(endpoint_index)` with the retry policy, logging each retry.
+    fn retry<T>(
+        &self,
+        store: &StoreArgs,
+        what: &str,
+        mut attempt: impl FnMut(u32) -> Result<T, crate::sr::SrError>,
+    ) -> Result<(T, u32), crate::sr::SrError> {
+        let mut used = 0;
+        let r = crate::retry::run(
+            &self.policy,
+            |n| {
+                used = n + 1;
+                self.progress.reset();
+                say(
+                    1,
+                    &format!("{what}: attempt {} via {}", n + 1, store.endpoint(n)),
+                );
+                attempt(n)
+            },
+            |n, e, pause| {
+                say(
+                    0,
+                    &format!(
+                        "{what}: attempt {n} of {} failed: {}; retrying in {:.1} s via {}",
+                        self.policy.retries + 1,
+                        chain(e),
+                        pause.as_secs_f64(),
+                        store.endpoint(n)
+                    ),
+                )
+            },
+        );
+        r.map(|v| (v, used))
+    }
+
+    /// Stop the display (the summary follows on a clean line) and say how long it took.
+    fn finish(self) -> Duration {
+        self.monitor.stop();
+        self.started.elapsed()
+    }
+}
+
+/// `--nice`: CPU nice 10 and the idle I/O scheduling class, for this thread and every
+/// thread started after it (the compressors, the prefetcher). Best effort.
+fn lower_priority() {
+    use nix::libc;
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    // SAFETY: two syscalls on the calling thread that take no pointers.
+    let (nice, ioprio) = unsafe {
+        (
+            libc::setpriority(libc::PRIO_PROCESS as _, 0, 10),
+            libc::syscall(
+                libc::SYS_ioprio_set,
+                IOPRIO_WHO_PROCESS,
+                0 as libc::c_long,
+                IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+            ),
+        )
+    };
+    if nice != 0 || ioprio != 0 {
+        say(
+            0,
+            &format!(
+                "warning: --nice: cannot lower the priority: {}",
+                std::io::Error::last_os_error()
+            ),
+        );
     }
 }
 
@@ -508,6 +921,7 @@ struct DownloadReport<'a> {
     files: &'a [PathBuf],
     vhd_bytes: u64,
     stream: &'a crate::store::Digests,
+    summary: &'a Summary,
 }
 
 #[derive(serde::Serialize)]
@@ -517,56 +931,104 @@ struct Root<'a> {
 
 fn download(a: &DownloadArgs) -> ExitCode {
     use crate::store::{Location, Source};
-    let source = if a.store.is_http() {
-        let Some(id) = &a.image_id else {
-            eprintln!("glance-vhd: --image-id is required with an http(s) endpoint");
-            return ExitCode::from(exit::USAGE);
-        };
-        match a.store.glance() {
-            Ok(g) => Source::Glance(g, id.clone()),
-            Err(e) => return fail(e),
-        }
-    } else {
-        match Location::parse(&a.store.endpoint) {
-            Ok(l) => Source::Local(l),
-            Err(e) => return fail(e),
-        }
+    let http = match a.store.check() {
+        Ok(h) => h,
+        Err(msg) => return usage(&msg, a.json),
     };
+    if http && a.image_id.is_none() {
+        return usage("--image-id is required with an http(s) endpoint", a.json);
+    }
+    let what = match &a.image_id {
+        Some(id) if http => format!("download of image {id}"),
+        _ => format!("download of {}", a.store.endpoints[0]),
+    };
+    let mut job = match Job::start(&a.job, &a.sr_path, what.clone()) {
+        Ok(j) => j,
+        Err(e) => return fail_as(e, a.json),
+    };
+    if a.store.endpoints[0] == "-" {
+        // Standard input cannot be read twice.
+        job.policy.retries = 0;
+    }
     let opts = crate::sr::ImportOptions {
         sr_path: a.sr_path.clone(),
         // The plugin's uuid_stack is popped from the end: leaf-first flags, reversed.
         uuid_stack: (!a.uuids.is_empty())
             .then(|| a.uuids.iter().rev().map(|u| u.to_string()).collect()),
         lock_dir: a.lock_dir.clone(),
+        transfer: job.transfer(&a.job),
     };
-    match crate::sr::download(&source, &opts) {
-        Ok(d) => {
-            let imp = &d.imported;
-            if a.json {
-                print_json(&DownloadReport {
-                    root: Root {
-                        uuid: imp.root_uuid(),
-                    },
-                    chain: &imp.uuids,
-                    files: &imp.files,
-                    vhd_bytes: imp.bytes,
-                    stream: &d.stream,
-                });
-            } else {
-                for u in &imp.uuids {
-                    println!("{u}");
-                }
-            }
-            ExitCode::SUCCESS
+    let result = job.retry(&a.store, &what, |n| {
+        let endpoint = a.store.endpoint(n);
+        let source = match &a.image_id {
+            Some(id) if http => Source::Glance(a.store.glance(endpoint)?, id.clone()),
+            _ => Source::Local(Location::parse(endpoint)?),
+        };
+        crate::sr::download(&source, &opts)
+    });
+    let attempts_endpoint = |n: u32| a.store.endpoint(n.saturating_sub(1)).to_string();
+    let took = job.finish();
+    let (d, attempts) = match result {
+        Ok(v) => v,
+        Err(e) => return fail_as(e, a.json),
+    };
+    let imp = &d.imported;
+    let summary = Summary::new(
+        a.image_id.as_deref().filter(|_| http),
+        &attempts_endpoint(attempts),
+        attempts,
+        &d.stream,
+        took,
+    );
+    say(
+        0,
+        &summary.line(&format!(
+            "{what}: {} VHD{} into {} (leaf {})",
+            imp.uuids.len(),
+            if imp.uuids.len() == 1 { "" } else { "s" },
+            a.sr_path.display(),
+            imp.root_uuid()
+        )),
+    );
+    if a.json {
+        print_json(&DownloadReport {
+            root: Root {
+                uuid: imp.root_uuid(),
+            },
+            chain: &imp.uuids,
+            files: &imp.files,
+            vhd_bytes: imp.bytes,
+            stream: &d.stream,
+            summary: &summary,
+        });
+    } else {
+        for u in &imp.uuids {
+            println!("{u}");
         }
-        Err(e) => fail(e),
     }
+    ExitCode::SUCCESS
 }
 
 fn upload(a: &UploadArgs) -> ExitCode {
     use crate::bundle::pack::PackOptions;
     use crate::sr::ChainSpec;
     use crate::store::{Location, Target};
+    let http = match a.store.check() {
+        Ok(h) => h,
+        Err(msg) => return usage(&msg, a.json),
+    };
+    if !http && a.store.endpoints[0] == "-" && a.json {
+        return usage("--json with --endpoint -: stdout carries the image", a.json);
+    }
+    if !http && a.create {
+        return usage("--create needs an http(s) Glance endpoint", a.json);
+    }
+    if http && a.image_id.is_none() && !a.create {
+        return usage(
+            "--image-id (a queued image) or --create --name is required with an http(s) endpoint",
+            a.json,
+        );
+    }
     // The compression level: the flag, else the image property Nova passes, else 6.
     let prop_level = a
         .properties
@@ -579,58 +1041,95 @@ fn upload(a: &UploadArgs) -> ExitCode {
         level: a.compression_level.or(prop_level).unwrap_or(6),
         threads: a.threads.map_or(default.threads, |t| t as usize),
     };
-    let target = if a.store.is_http() {
-        let glance = match a.store.glance() {
-            Ok(g) => g,
-            Err(e) => return fail(e),
-        };
-        let image_id = match (&a.image_id, &a.name) {
-            (Some(id), _) => id.clone(),
-            (None, Some(name)) => match glance.create(name, &a.properties) {
-                Ok(id) => {
-                    eprintln!("glance-vhd: created image {id}");
-                    id
-                }
-                Err(e) => return fail(e),
-            },
-            (None, None) => unreachable!("clap requires --image-id or --create --name"),
-        };
-        Target::Glance {
-            glance,
-            image_id,
-            properties: a.properties.clone(),
-        }
-    } else {
-        match Location::parse(&a.store.endpoint) {
-            Ok(l) => Target::Local(l),
-            Err(e) => return fail(e),
-        }
-    };
     let spec = match &a.leaf {
         Some(l) => ChainSpec::Leaf(l.to_string()),
         None => ChainSpec::Vdis(a.vdi.iter().map(|u| u.to_string()).collect()),
     };
-    match crate::sr::upload(&a.sr_path, &spec, &target, pack) {
-        Ok(up) => {
-            let image_id = match &target {
-                Target::Glance { image_id, .. } => Some(image_id.as_str()),
-                Target::Local(_) => None,
-            };
-            if a.json {
-                print_json(&serde_json::json!({
-                    "image_id": image_id,
-                    "vdis": up.uuids,
-                    "members": up.members,
-                    "stream": up.stream,
-                }));
-            } else if let Some(id) = image_id {
-                // Local "-" carries the image on stdout: nothing else may go there.
-                println!("{id}");
+    let what = match (&a.image_id, &a.name) {
+        (Some(id), _) if http => format!("upload to image {id}"),
+        (None, Some(name)) => format!("upload to a new image {name:?}"),
+        _ => format!("upload to {}", a.store.endpoints[0]),
+    };
+    let job = match Job::start(&a.job, &a.sr_path, what.clone()) {
+        Ok(j) => j,
+        Err(e) => return fail_as(e, a.json),
+    };
+    // The image: given, or created once (retried like the upload, on the next endpoint).
+    let image_id = match (&a.image_id, &a.name) {
+        _ if !http => None,
+        (Some(id), _) => Some(id.clone()),
+        (None, Some(name)) => {
+            let created = job.retry(&a.store, "create the image", |n| {
+                let glance = a.store.glance(a.store.endpoint(n))?;
+                Ok(glance.create(name, &a.properties)?)
+            });
+            match created {
+                Ok((id, _)) => {
+                    say(0, &format!("created image {id}"));
+                    Some(id)
+                }
+                Err(e) => {
+                    job.finish();
+                    return fail_as(e, a.json);
+                }
             }
-            ExitCode::SUCCESS
         }
-        Err(e) => fail(e),
+        (None, None) => unreachable!("checked above: --image-id or --create --name"),
+    };
+    let transfer = job.transfer(&a.job);
+    let result = job.retry(&a.store, &what, |n| {
+        let endpoint = a.store.endpoint(n);
+        let target = match &image_id {
+            Some(id) => {
+                if n > 0 {
+                    // A broken upload leaves the image queued in Glance; anything else
+                    // (active, killed) is checked before a byte is sent again.
+                    say(1, &format!("checking that image {id} is still queued"));
+                }
+                Target::Glance {
+                    glance: a.store.glance(endpoint)?,
+                    image_id: id.clone(),
+                    properties: a.properties.clone(),
+                }
+            }
+            None => Target::Local(Location::parse(endpoint)?),
+        };
+        crate::sr::upload(&a.sr_path, &spec, &target, pack, &transfer)
+    });
+    let took = job.finish();
+    let (up, attempts) = match result {
+        Ok(v) => v,
+        Err(e) => return fail_as(e, a.json),
+    };
+    let summary = Summary::new(
+        image_id.as_deref(),
+        a.store.endpoint(attempts.saturating_sub(1)),
+        attempts,
+        &up.stream,
+        took,
+    );
+    say(
+        0,
+        &summary.line(&format!(
+            "{what}: {} VHD{} (leaf {})",
+            up.uuids.len(),
+            if up.uuids.len() == 1 { "" } else { "s" },
+            up.uuids.first().map_or("-", String::as_str)
+        )),
+    );
+    if a.json {
+        print_json(&serde_json::json!({
+            "image_id": image_id,
+            "vdis": up.uuids,
+            "members": up.members,
+            "stream": up.stream,
+            "summary": summary,
+        }));
+    } else if let Some(id) = &image_id {
+        // Local "-" carries the image on stdout: nothing else may go there.
+        println!("{id}");
     }
+    ExitCode::SUCCESS
 }
 
 /// `key=value` → (key, value); keys become header names on Glance v1.

@@ -36,13 +36,29 @@ pub mod exit {
 }
 
 impl ErrorKind {
+    /// The name in `--json` error objects (README "JSON output").
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Io => "io",
+            ErrorKind::Retryable => "retryable",
+            ErrorKind::Permanent => "permanent",
+            ErrorKind::Locked => "locked",
+        }
+    }
+
     pub fn exit_code(self) -> ExitCode {
-        ExitCode::from(match self {
+        ExitCode::from(self.code())
+    }
+
+    pub fn code(self) -> u8 {
+        match self {
             ErrorKind::InvalidInput => exit::INVALID_INPUT,
             ErrorKind::NotFound => exit::NOT_FOUND,
             ErrorKind::Retryable => exit::RETRYABLE,
             ErrorKind::Locked => exit::LOCKED,
             ErrorKind::Io | ErrorKind::Permanent => exit::FAILURE,
-        })
+        }
     }
 }

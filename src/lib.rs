@@ -8,6 +8,9 @@
 pub mod bundle;
 pub mod cli;
 pub mod error;
+pub mod log;
+pub mod progress;
+pub mod retry;
 pub mod sr;
 pub mod store;
 pub mod stream;

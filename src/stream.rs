@@ -6,12 +6,15 @@
 //! * [`Writeback`]: a file writer that pushes dirty pages to disk as it goes and drops
 //!   them from the page cache behind itself, so a multi-GiB import neither floods dom0's
 //!   small page cache nor ends in one long fsync.
+//! * [`RateLimited`]: a reader held to a byte rate (`--rate-limit`), for daytime runs
+//!   that must leave the host's network to its VMs.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 
@@ -429,6 +432,57 @@ impl Read for PipeReader {
     }
 }
 
+/// A token bucket in front of a reader: on average at most `rate` bytes a second, with
+/// bursts of at most a tenth of a second's worth, so the limit holds over short
+/// transfers too and the link sees a steady flow rather than 1 s on, 1 s off.
+pub struct RateLimited<R> {
+    inner: R,
+    rate: u64,
+    /// Bytes we may read now; negative after a read that overdrew it.
+    tokens: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl<R> RateLimited<R> {
+    /// `rate` in bytes per second; 0 is treated as 1.
+    pub fn new(inner: R, rate: u64) -> Self {
+        let rate = rate.max(1);
+        let burst = (rate as f64 / 10.0).max(1.0);
+        RateLimited {
+            inner,
+            rate,
+            tokens: 0.0,
+            burst,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let earned = now.duration_since(self.last).as_secs_f64() * self.rate as f64;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.last = now;
+    }
+}
+
+impl<R: Read> Read for RateLimited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.refill();
+        if self.tokens < 1.0 {
+            let wait = (1.0 - self.tokens) / self.rate as f64;
+            std::thread::sleep(Duration::from_secs_f64(wait));
+            self.refill();
+        }
+        // Never more than one burst in one read: a 1 MiB read at 100 KB/s would
+        // otherwise arrive at once and then stall for ten seconds.
+        let want = buf.len().min(self.burst.max(1.0) as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        self.tokens -= n as f64;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod pipe_tests {
     use super::*;
@@ -463,5 +517,18 @@ mod pipe_tests {
             r.read(&mut [0u8; 10]).unwrap_err().to_string(),
             "disk error"
         );
+    }
+
+    #[test]
+    fn rate_limit_holds_the_average() {
+        let data = vec![7u8; 300_000];
+        let mut r = RateLimited::new(&data[..], 1_000_000);
+        let t = Instant::now();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        assert_eq!(out, data);
+        // 0.3 s of budget, less the first burst it may not wait for.
+        assert!((0.19..0.6).contains(&secs), "{secs} s");
     }
 }

@@ -16,6 +16,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ErrorKind, Kind};
+use crate::progress::Progress;
 use crate::stream::Writeback;
 
 /// At most this many VHDs in one image (the old plugins' limit).
@@ -232,6 +233,16 @@ pub fn layout(names: &[String]) -> Result<Layout> {
 /// Stream a gzipped tarball into `dest` (an existing, empty, private directory).
 /// On error, files already written stay in `dest`: the caller owns and removes it.
 pub fn unpack<R: Read>(body: R, dest: &Path, limits: Limits) -> Result<Unpacked> {
+    unpack_with(body, dest, limits, None)
+}
+
+/// [`unpack`], naming each member in `progress` as it starts.
+pub fn unpack_with<R: Read>(
+    body: R,
+    dest: &Path,
+    limits: Limits,
+    progress: Option<&Progress>,
+) -> Result<Unpacked> {
     let mut buffered = io::BufReader::with_capacity(256 << 10, body);
     let first = io::BufRead::fill_buf(&mut buffered).map_err(stream_err("reading the image"))?;
     if first.is_empty() {
@@ -279,6 +290,9 @@ pub fn unpack<R: Read>(body: R, dest: &Path, limits: Limits) -> Result<Unpacked>
                 .size()
                 .map_err(stream_err("reading a tar header"))?;
             names.push(name.clone());
+            if let Some(p) = progress {
+                p.set_member(&name);
+            }
             if name == "swap.vhd" {
                 // The old plugins shipped swap separately and ignored it on import.
                 io::copy(&mut entry, &mut io::sink())

@@ -7,8 +7,10 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::pargz::ParGzWriter;
+use crate::progress::{Counting, Progress};
 use crate::stream::DropBehind;
 
 /// What to compress with.
@@ -34,6 +36,24 @@ impl Default for PackOptions {
 /// Write the tarball of `members` (`(name in the tar, file)`, in order) into `out`.
 /// Returns `out` after the gzip trailer; on error the stream is left unfinished.
 pub fn pack<W: Write>(members: &[(String, PathBuf)], out: W, opts: PackOptions) -> io::Result<W> {
+    pack_with(members, out, opts, None)
+}
+
+/// [`pack`], counting the bytes read from the VHDs into `progress` (whose total is set
+/// to their sum) and naming the member being read.
+pub fn pack_with<W: Write>(
+    members: &[(String, PathBuf)],
+    out: W,
+    opts: PackOptions,
+    progress: Option<Arc<Progress>>,
+) -> io::Result<W> {
+    if let Some(p) = &progress {
+        let total = members
+            .iter()
+            .filter_map(|(_, path)| std::fs::metadata(path).ok())
+            .fold(0u64, |t, m| t.saturating_add(m.len()));
+        p.set_total(total);
+    }
     let gz = ParGzWriter::new(out, opts.level, opts.threads)?;
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Complete);
@@ -62,13 +82,19 @@ pub fn pack<W: Write>(members: &[(String, PathBuf)], out: W, opts: PackOptions) 
         h.set_size(meta.len());
         set_name(&mut h, &format!("./{name}"))?;
         h.set_cksum();
+        if let Some(p) = &progress {
+            p.set_member(name);
+        }
         // The size in the header is a promise: a file that changes length while we read
         // it makes `append` fail rather than produce a corrupt archive.
         tar.append(
             &h,
             Exact {
                 // Large reads: tar copies in 8 KiB pieces, the disk likes megabytes.
-                inner: io::BufReader::with_capacity(1 << 20, DropBehind::new(file)),
+                inner: Counting::new(
+                    io::BufReader::with_capacity(1 << 20, DropBehind::new(file)),
+                    progress.clone(),
+                ),
                 remaining: meta.len(),
                 path: path.clone(),
             },

@@ -12,17 +12,19 @@ mod lock;
 mod staging;
 
 pub use export::{export, ChainSpec, Exported};
-pub use lock::SrLock;
+pub use lock::{JobLock, SrLock};
 pub use staging::{sweep, Staging, STAGING_PREFIX};
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::bundle::pack::PackOptions;
 use crate::bundle::{self, BundleError, Limits};
 use crate::error::{ErrorKind, Kind};
+use crate::progress::{Counting, Progress};
 use crate::store::{Digests, Expected, HashingReader, Source, StoreError, Target};
-use crate::stream::Prefetch;
+use crate::stream::{Prefetch, RateLimited};
 use crate::vhd::{self, chain::Chain, check::CheckOptions, OpenMode, Vhd, VhdError};
 
 /// The deepest chain an image may carry (the old plugins' limit).
@@ -49,6 +51,8 @@ pub enum SrError {
     Args(String),
     #[error("{} already exists in the SR; refusing to overwrite it", path.display())]
     Exists { path: PathBuf },
+    #[error("{} is held by another run ({holder}); not waiting longer", path.display())]
+    Locked { path: PathBuf, holder: String },
 }
 
 impl Kind for SrError {
@@ -59,6 +63,7 @@ impl Kind for SrError {
             SrError::Store(e) => e.kind(),
             SrError::Chain { .. } | SrError::Args(_) => ErrorKind::InvalidInput,
             SrError::Io { .. } | SrError::Exists { .. } => ErrorKind::Io,
+            SrError::Locked { .. } => ErrorKind::Locked,
         }
     }
 }
@@ -79,6 +84,29 @@ pub struct ImportOptions {
     pub uuid_stack: Option<Vec<String>>,
     /// Directory of the SM lock files (`/var/lock/sm`); the lock is `<dir>/<sr-uuid>/sr`.
     pub lock_dir: PathBuf,
+    pub transfer: Transfer,
+}
+
+/// How bytes move, for download and upload alike (the CLI's `--rate-limit` and its
+/// progress display; the plugin's syslog progress lines).
+#[derive(Debug, Clone, Default)]
+pub struct Transfer {
+    /// Bytes per second on the wire (the gzipped tarball), if limited.
+    pub rate_limit: Option<u64>,
+    /// Counted into as the transfer runs: wire bytes for a download (its total is the
+    /// size the store declares), VHD bytes read for an upload (total: the chain's size).
+    pub progress: Option<Arc<Progress>>,
+}
+
+impl Transfer {
+    /// `body` with the rate limit and the progress count applied.
+    fn wrap<'a, R: Read + Send + 'a>(&self, body: R) -> Box<dyn Read + Send + 'a> {
+        let counted = Counting::new(body, self.progress.clone());
+        match self.rate_limit {
+            Some(rate) => Box::new(RateLimited::new(counted, rate)),
+            None => Box::new(counted),
+        }
+    }
 }
 
 /// The imported chain.
@@ -118,7 +146,12 @@ pub fn import<R: Read>(
         free_space: free_space(sr)?,
         ..Limits::default()
     };
-    let unpacked = bundle::unpack(&mut body, staging.path(), limits)?;
+    let unpacked = bundle::unpack_with(
+        &mut body,
+        staging.path(),
+        limits,
+        opts.transfer.progress.as_deref(),
+    )?;
     verify(&mut body)?;
     // Under their member names first, so errors name the member (0.vhd, image.vhd…).
     check_roles(&unpacked.files)?;
@@ -272,9 +305,20 @@ pub struct Downloaded {
 /// before the chain is moved into the SR.
 pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
     let (body, expected) = source.open()?;
+    if let Some(p) = &opts.transfer.progress {
+        let local_size = match source {
+            Source::Local(crate::store::Location::File(f)) => {
+                std::fs::metadata(f).ok().map(|m| m.len())
+            }
+            _ => None,
+        };
+        if let Some(size) = expected.size.or(local_size) {
+            p.set_total(size);
+        }
+    }
     let mut stream = None;
     // The network read and both hashes run on their own thread, ahead of the inflate.
-    let body = Prefetch::new(HashingReader::new(body));
+    let body = Prefetch::new(HashingReader::new(opts.transfer.wrap(body)));
     let imported = import(body, opts, |p| {
         let got = p
             .finished()
@@ -305,7 +349,13 @@ pub struct Uploaded {
 /// gzip it on a producer thread (all cores) into a bounded pipe that the store reads
 /// while hashing. If anything fails while streaming, the store gets a broken stream,
 /// never a short complete image; the record is read back and compared afterwards.
-pub fn upload(sr: &Path, spec: &ChainSpec, target: &Target, pack: PackOptions) -> Result<Uploaded> {
+pub fn upload(
+    sr: &Path,
+    spec: &ChainSpec,
+    target: &Target,
+    pack: PackOptions,
+    transfer: &Transfer,
+) -> Result<Uploaded> {
     target.prepare()?;
     let exported = export(sr, spec)?;
     let (writer, reader) = crate::stream::pipe(8);
@@ -321,9 +371,12 @@ pub fn upload(sr: &Path, spec: &ChainSpec, target: &Target, pack: PackOptions) -
                 inner: writer,
                 left: fail_after.unwrap_or(u64::MAX),
             };
-            crate::bundle::pack::pack(members, out, pack).and_then(|w| w.inner.close())
+            crate::bundle::pack::pack_with(members, out, pack, transfer.progress.clone())
+                .and_then(|w| w.inner.close())
         });
-        let mut body = HashingReader::new(reader);
+        // The rate limit applies to what goes on the wire; the pipe's back-pressure
+        // slows the compressors to match.
+        let mut body = HashingReader::new(transfer.wrap(reader));
         let sent = target.send(&mut body).map(|rec| (rec, body.digests()));
         // Let the producer see a closed pipe before waiting for it.
         drop(body);

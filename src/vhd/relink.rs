@@ -145,7 +145,7 @@ pub fn set_parent(child: &Path, parent: &Path, raw: bool) -> Result<Relinked> {
             ));
         }
         let start = loc.data_offset;
-        let end = start.checked_add(padded as u64).unwrap_or(u64::MAX);
+        let end = start.saturating_add(padded as u64);
         if start % 512 != 0 || end > vhd.primary_at || overlaps(&forbidden, start, end) {
             return Err(VhdError::invalid(
                 child,

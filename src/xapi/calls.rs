@@ -22,6 +22,7 @@ use super::xenapi::{XenApi, XenApiError};
 use super::xmlrpc::XValue;
 use crate::bundle::pack::PackOptions;
 use crate::error::{ErrorKind, Kind};
+use crate::progress::{Display, Monitor, Progress};
 use crate::sr::{self, ChainSpec, ImportOptions, SrError};
 use crate::store::glance::{Api, Glance, GlanceConfig};
 use crate::store::{Source, StoreError, Target};
@@ -507,12 +508,17 @@ impl DownloadArgs {
     /// The leaf's VDI UUID.
     fn run(&self) -> Result<String> {
         let source = Source::Glance(self.store.glance()?, self.store.image_id.clone());
+        let (transfer, monitor) =
+            syslog_progress(format!("download of image {}", self.store.image_id));
         let opts = ImportOptions {
             sr_path: self.sr_path.clone(),
             uuid_stack: Some(self.uuid_stack.clone()),
             lock_dir: lock_dir(),
+            transfer,
         };
-        let d = sr::download(&source, &opts)?;
+        let d = sr::download(&source, &opts);
+        monitor.stop();
+        let d = d?;
         super::log::info(&format!(
             "image {} imported into {} as {:?}",
             self.store.image_id,
@@ -521,6 +527,24 @@ impl DownloadArgs {
         ));
         Ok(d.imported.root_uuid().to_string())
     }
+}
+
+/// Long transfers log their progress to syslog every 30 s (never to stdout).
+fn syslog_progress(label: String) -> (sr::Transfer, Monitor) {
+    let progress = Progress::new();
+    let monitor = Monitor::start(
+        progress.clone(),
+        Display {
+            bar: false,
+            log_every: Some(crate::progress::log_interval()),
+            label,
+        },
+    );
+    let transfer = sr::Transfer {
+        rate_limit: None,
+        progress: Some(progress),
+    };
+    (transfer, monitor)
 }
 
 fn root_reply(leaf: String) -> Value {
@@ -710,7 +734,11 @@ impl UploadArgs {
             level: self.level,
             ..PackOptions::default()
         };
-        let up = sr::upload(&self.sr_path, &self.chain, &target, pack)?;
+        let (transfer, monitor) =
+            syslog_progress(format!("upload to image {}", self.store.image_id));
+        let up = sr::upload(&self.sr_path, &self.chain, &target, pack, &transfer);
+        monitor.stop();
+        let up = up?;
         super::log::info(&format!(
             "uploaded {:?} to image {} ({} bytes)",
             up.uuids, self.store.image_id, up.stream.bytes

@@ -5,7 +5,7 @@
 //! `plugin-wrapper/` exec us with `--name`). Anything on stdout but the response, or a
 //! non-zero exit, turns into an opaque `XENAPI_PLUGIN_FAILURE` for the caller, so:
 //! arguments are parsed here by hand (never by clap, which prints usage and exits 2),
-//! logs go to stderr and syslog ([`log`]), panics become a failure response, and the
+//! logs go to stderr and syslog ([`crate::log`]), panics become a failure response, and the
 //! response is written with one `write_all`.
 //!
 //! * [`xmlrpc`]: the call and the response (xapi's and Python's dialects).
@@ -17,7 +17,7 @@
 pub mod calls;
 pub mod failure;
 pub mod kernel;
-pub mod log;
+pub use crate::log;
 pub mod pickle;
 pub mod xenapi;
 pub mod xmlrpc;

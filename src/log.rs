@@ -1,0 +1,80 @@
+//! Logging for both modes. Never stdout: in plugin mode it carries only the response,
+//! in the CLI it carries the result (UUIDs, an image id, `--json`, or the image itself).
+//!
+//! * Plugin mode: every line goes to stderr (xapi keeps it in its own log when a call
+//!   fails) and to syslog, as the Python plugins logged through
+//!   `SysLogHandler('/dev/log')`.
+//! * CLI: stderr as `glance-vhd: <message>`, filtered by `--quiet`/`-v`
+//!   ([`set_verbosity`]); long transfers also send progress lines to syslog only
+//!   ([`syslog`]) so an admin can follow a 02:00 cron job with `tail -f`.
+//!
+//! A missing or full syslog is ignored: a log line never fails a call.
+
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicI8, Ordering};
+
+const IDENT: &str = "glance-vhd";
+/// Facility `user`, as Python's `SysLogHandler` defaults to.
+const FACILITY_USER: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error = 3,
+    Warning = 4,
+    Notice = 5,
+    Info = 6,
+}
+
+/// The syslog socket; `GLANCE_VHD_SYSLOG_SOCKET` points it elsewhere (tests bind their
+/// own datagram socket to read what an admin would see in `/var/log/messages`).
+fn syslog_socket() -> std::path::PathBuf {
+    std::env::var_os("GLANCE_VHD_SYSLOG_SOCKET")
+        .map(Into::into)
+        .unwrap_or_else(|| "/dev/log".into())
+}
+
+/// One line to syslog only (RFC 3164 without a timestamp: the daemon adds its own).
+pub fn syslog(level: Level, msg: &str) {
+    let pri = FACILITY_USER * 8 + level as u8;
+    let line = format!("<{pri}>{IDENT}[{}]: {msg}", std::process::id());
+    if let Ok(sock) = UnixDatagram::unbound() {
+        let _ = sock.send_to(line.as_bytes(), syslog_socket());
+    }
+}
+
+/// Plugin mode: stderr and syslog.
+pub fn log(level: Level, msg: &str) {
+    eprintln!("{IDENT}[{}]: {msg}", std::process::id());
+    syslog(level, msg);
+}
+
+pub fn info(msg: &str) {
+    log(Level::Info, msg)
+}
+
+pub fn warn(msg: &str) {
+    log(Level::Warning, msg)
+}
+
+pub fn error(msg: &str) {
+    log(Level::Error, msg)
+}
+
+/// CLI verbosity: -1 `--quiet` (errors only), 0 default (warnings and the summary),
+/// 1 `-v` (each step), 2 `-vv` (each request).
+static VERBOSITY: AtomicI8 = AtomicI8::new(0);
+
+pub fn set_verbosity(v: i8) {
+    VERBOSITY.store(v, Ordering::Relaxed);
+}
+
+pub fn verbosity() -> i8 {
+    VERBOSITY.load(Ordering::Relaxed)
+}
+
+/// A CLI message on stderr if the verbosity is at least `min`.
+pub fn say(min: i8, msg: &str) {
+    if verbosity() >= min {
+        eprintln!("{IDENT}: {msg}");
+    }
+}
