@@ -133,7 +133,11 @@ Prints the image id on stdout, or one JSON object with --json.
         /// Only directories older than this many seconds
         #[arg(long, default_value_t = 3600)]
         older_than: u64,
-        /// Print {"swept": [{"path", "removed", "reason"}, …]}
+        /// Directory of the storage manager's lock files (its SR lock is held while an
+        /// interrupted move is rolled back)
+        #[arg(long, default_value = "/var/lock/sm")]
+        lock_dir: PathBuf,
+        /// Print {"swept": [{"path", "removed", "reason", "rolled_back"}, …]}
         #[arg(long)]
         json: bool,
     },
@@ -539,8 +543,9 @@ pub fn main() -> ExitCode {
         Command::Sweep {
             sr_path,
             older_than,
+            lock_dir,
             json,
-        } => match crate::sr::sweep(&sr_path, Duration::from_secs(older_than)) {
+        } => match crate::sr::sweep(&sr_path, Duration::from_secs(older_than), &lock_dir) {
             Ok(swept) => {
                 if json {
                     print_json(&serde_json::json!({ "swept": swept }));
@@ -548,6 +553,9 @@ pub fn main() -> ExitCode {
                     for s in &swept {
                         let what = if s.removed { "removed" } else { "kept" };
                         println!("{what} {} ({})", s.path.display(), s.reason);
+                        for f in &s.rolled_back {
+                            println!("  removed {} (half-moved chain)", f.display());
+                        }
                     }
                 }
                 ExitCode::SUCCESS

@@ -36,7 +36,7 @@ struct Sr {
 impl Sr {
     fn new() -> Sr {
         let dir = tempfile::tempdir().unwrap();
-        let sr = dir.path().join("3f1e2d4c-0000-4000-8000-000000000001");
+        let sr = dir.path().join(uuid::Uuid::new_v4().to_string());
         std::fs::create_dir(&sr).unwrap();
         // An existing VDI that must never be touched.
         std::fs::write(sr.join("existing.vhd"), b"not touched").unwrap();

@@ -280,6 +280,9 @@ fn download_failures_leave_the_sr_untouched() {
             sr.to_str().unwrap(),
             "--lock-dir",
             lock.to_str().unwrap(),
+            // Every connection is cut: the retries fail too, quickly.
+            "--retry-delay",
+            "0.01",
         ]);
         drop(proxy);
         assert!(!o.status.success(), "cut at {cut}: accepted");
@@ -475,6 +478,8 @@ fn upload_failures_never_leave_an_active_image() {
             sr.to_str().unwrap(),
             "--image-id",
             &id,
+            "--retry-delay",
+            "0.01",
         ];
         args.extend_from_slice(&chain);
         let o = w.run(&args);

@@ -35,7 +35,7 @@ fn fixture() -> Fixture {
         .status()
         .unwrap();
     assert!(st.success());
-    let sr = dir.path().join("7a1c7d1e-1111-4222-8333-444455556666");
+    let sr = dir.path().join(uuid::Uuid::new_v4().to_string());
     std::fs::create_dir(&sr).unwrap();
     std::fs::write(sr.join("existing.vhd"), b"keep").unwrap();
     Fixture { dir, images, sr }
@@ -56,6 +56,9 @@ impl Fixture {
             self.sr.to_str().unwrap(),
             "--lock-dir",
             lock.to_str().unwrap(),
+            // Each SR is this test's own (its own job lock); retries run, quickly.
+            "--retry-delay",
+            "0.01",
         ];
         args.extend_from_slice(extra);
         common::run(self.dir.path(), &args)
@@ -147,7 +150,11 @@ fn cut_connections_stalls_and_slow_drips_leave_nothing() {
     // A stalled server: the idle timeout fires.
     let s = Standin::start(&f.images, &["--stall-at", "2000"]);
     let t = Instant::now();
-    let o = f.download(&s.url(), "img-1", &["--idle-timeout", "2"]);
+    let o = f.download(
+        &s.url(),
+        "img-1",
+        &["--idle-timeout", "2", "--retries", "0"],
+    );
     assert!(!o.status.success());
     assert!(
         t.elapsed() < Duration::from_secs(20),
@@ -166,7 +173,7 @@ fn cut_connections_stalls_and_slow_drips_leave_nothing() {
     let o = f.download(
         &s.url(),
         "img-1",
-        &["--idle-timeout", "5", "--deadline", "1"],
+        &["--idle-timeout", "5", "--deadline", "1", "--retries", "0"],
     );
     assert!(!o.status.success());
     assert!(

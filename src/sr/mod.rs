@@ -194,6 +194,23 @@ pub fn import<R: Read>(
     })
 }
 
+/// Test hook (README "Testing hooks"): with `GLANCE_VHD_TEST_PAUSE=<phase>:<n>` the
+/// process stops at step `n` of `phase` — `relink` before relinking file n, `move`
+/// before linking file n into the SR (0: the base) — after creating the file named by
+/// `GLANCE_VHD_TEST_PAUSE_MARK`, so a crash test can `kill -9` it exactly there.
+pub(crate) fn test_pause(phase: &str, n: usize) {
+    let Ok(want) = std::env::var("GLANCE_VHD_TEST_PAUSE") else {
+        return;
+    };
+    if want != format!("{phase}:{n}") {
+        return;
+    }
+    if let Some(mark) = std::env::var_os("GLANCE_VHD_TEST_PAUSE_MARK") {
+        let _ = std::fs::write(mark, &want);
+    }
+    std::thread::sleep(std::time::Duration::from_secs(600));
+}
+
 /// Relink each file to the next (native `vhd-util modify -p`), then validate every file
 /// and the chain: the base has no parent, parent UUIDs match, no loops, depth ≤ 16, the
 /// leaf is not hidden.
@@ -207,6 +224,7 @@ fn link_and_validate(files: &[PathBuf], members: &[String]) -> Result<()> {
         }
     };
     for (i, pair) in files.windows(2).enumerate() {
+        test_pause("relink", i);
         vhd::relink::set_parent(&pair[0], &pair[1], false).map_err(chain_err(i))?;
     }
     let opts = CheckOptions {

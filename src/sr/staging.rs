@@ -1,8 +1,23 @@
 //! Staging directories: `<sr>/.glance-vhd-staging-<uuid>`, mode 0700, on the SR's own
 //! file system. The process that owns one holds an exclusive `flock` on it for its whole
 //! life, so `sweep` can tell a live import from one left by a killed process.
+//!
+//! The move into the SR is the one step that touches the SR, and a `kill -9` can land in
+//! the middle of it. Two rules make that safe:
+//! * **base first**: each file is linked into the SR only after its parent, so at every
+//!   instant each VHD in the SR has its parent there too — a crash can leave an orphan
+//!   base (a valid, complete chain of its own), never a child without its parent;
+//! * **a journal**: before the first link, `publish.journal` in the staging directory
+//!   lists the names about to appear in the SR; it goes once every link is made. A
+//!   staging directory that `sweep` finds with a journal was killed mid-move: sweep
+//!   removes, under the SR lock, each listed SR file that is the *same inode* as the
+//!   staging file (a hard link we made — never anyone else's file), so the half-moved
+//!   chain disappears as if the import had never run. The caller was never told of
+//!   those VDIs, so rolling back (not forward) is right.
 
 use std::fs::File;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -13,6 +28,9 @@ use super::{io_err, Result, SrError};
 
 /// Every staging directory starts with this; nothing else is ever swept.
 pub const STAGING_PREFIX: &str = ".glance-vhd-staging-";
+
+/// In a staging directory: the SR names a move in progress is creating, one per line.
+const JOURNAL: &str = "publish.journal";
 
 /// A staging directory, removed with everything in it when dropped.
 #[derive(Debug)]
@@ -51,16 +69,22 @@ impl Staging {
 
     /// Move `files` (in staging, leaf first) into `sr` under the same names, never
     /// replacing an existing file: each is hard-linked into the SR (link(2) fails rather
-    /// than overwrite, on NFS too), leaf first; if any link fails, the links already made
-    /// are removed again. The staging names go with the directory on drop.
+    /// than overwrite, on NFS too), **base first**, after the journal is on disk; if any
+    /// link fails, the links already made are removed again. The staging names go with
+    /// the directory on drop. The caller holds the SR lock.
     pub fn publish(&self, files: &[PathBuf], sr: &Path) -> Result<Vec<PathBuf>> {
+        let names: Vec<&std::ffi::OsStr> = files
+            .iter()
+            .map(|f| f.file_name().expect("staging files have names"))
+            .collect();
+        self.write_journal(&names)?;
         let mut done: Vec<PathBuf> = Vec::new();
-        for f in files {
+        for (f, name) in files.iter().zip(&names).rev() {
             // VHDs in an SR are 0644, as vhd-util creates them; staging kept them private.
             std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644))
                 .map_err(io_err(f, "set the mode"))?;
-            let name = f.file_name().expect("staging files have names");
             let to = sr.join(name);
+            super::test_pause("move", done.len());
             if let Err(e) = std::fs::hard_link(f, &to) {
                 for p in &done {
                     let _ = std::fs::remove_file(p);
@@ -80,7 +104,28 @@ impl Staging {
         if let Ok(d) = File::open(sr) {
             let _ = d.sync_all();
         }
+        // Every link is durable: the move is complete and must not be rolled back.
+        let journal = self.path.join(JOURNAL);
+        std::fs::remove_file(&journal).map_err(io_err(&journal, "remove"))?;
+        done.reverse();
         Ok(done)
+    }
+
+    /// The journal, durable before the first link.
+    fn write_journal(&self, names: &[&std::ffi::OsStr]) -> Result<()> {
+        let path = self.path.join(JOURNAL);
+        let mut text = Vec::new();
+        for n in names {
+            text.extend_from_slice(n.as_encoded_bytes());
+            text.push(b'\n');
+        }
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create_new(&path)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            File::open(&self.path)?.sync_all()
+        };
+        write().map_err(io_err(&path, "write the move journal"))
     }
 }
 
@@ -96,12 +141,16 @@ pub struct Swept {
     pub path: PathBuf,
     pub removed: bool,
     pub reason: &'static str,
+    /// SR files of an interrupted move that were removed again (rolled back).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rolled_back: Vec<PathBuf>,
 }
 
 /// Remove staging directories under `sr` that no live process holds and that are older
 /// than `older_than`. Only directories named with [`STAGING_PREFIX`] are considered;
-/// symlinks never are.
-pub fn sweep(sr: &Path, older_than: Duration) -> Result<Vec<Swept>> {
+/// symlinks never are. A directory with a move journal was killed mid-move: its links
+/// into the SR are removed first, holding the SM SR lock in `lock_dir`.
+pub fn sweep(sr: &Path, older_than: Duration, lock_dir: &Path) -> Result<Vec<Swept>> {
     let mut out = Vec::new();
     let now = SystemTime::now();
     for entry in std::fs::read_dir(sr).map_err(io_err(sr, "list the SR"))? {
@@ -119,6 +168,7 @@ pub fn sweep(sr: &Path, older_than: Duration) -> Result<Vec<Swept>> {
                 path,
                 removed: false,
                 reason: "not a directory we own",
+                rolled_back: Vec::new(),
             });
             continue;
         }
@@ -132,25 +182,68 @@ pub fn sweep(sr: &Path, older_than: Duration) -> Result<Vec<Swept>> {
                 path,
                 removed: false,
                 reason: "too recent",
+                rolled_back: Vec::new(),
             });
             continue;
         }
         let Ok(dir) = File::open(&path) else { continue };
         match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
             Ok(_held) => {
+                let rolled_back = if path.join(JOURNAL).exists() {
+                    let _lock = super::SrLock::acquire(lock_dir, sr)?;
+                    roll_back(&path, sr)?
+                } else {
+                    Vec::new()
+                };
                 std::fs::remove_dir_all(&path).map_err(io_err(&path, "remove"))?;
                 out.push(Swept {
                     path,
                     removed: true,
-                    reason: "stale",
+                    reason: if rolled_back.is_empty() {
+                        "stale"
+                    } else {
+                        "stale, interrupted while moving into the SR: rolled back"
+                    },
+                    rolled_back,
                 });
             }
             Err(_) => out.push(Swept {
                 path,
                 removed: false,
                 reason: "in use by a live process",
+                rolled_back: Vec::new(),
             }),
         }
     }
     Ok(out)
+}
+
+/// Undo an interrupted move: remove each SR file the journal names that is the same
+/// inode as its staging copy. Names that are not plain file names are ignored (the
+/// journal is ours, but a sweep running as root trusts no file blindly).
+fn roll_back(staging: &Path, sr: &Path) -> Result<Vec<PathBuf>> {
+    let journal = staging.join(JOURNAL);
+    let text = std::fs::read(&journal).map_err(io_err(&journal, "read"))?;
+    let mut removed = Vec::new();
+    for line in text.split(|&b| b == b'\n') {
+        let name = std::ffi::OsStr::from_bytes(line);
+        if name.is_empty() || Path::new(name).file_name() != Some(name) {
+            continue;
+        }
+        let (ours, theirs) = (staging.join(name), sr.join(name));
+        let (Ok(a), Ok(b)) = (
+            std::fs::symlink_metadata(&ours),
+            std::fs::symlink_metadata(&theirs),
+        ) else {
+            continue;
+        };
+        if a.is_file() && a.dev() == b.dev() && a.ino() == b.ino() {
+            std::fs::remove_file(&theirs).map_err(io_err(&theirs, "roll back"))?;
+            removed.push(theirs);
+        }
+    }
+    if let Ok(d) = File::open(sr) {
+        let _ = d.sync_all();
+    }
+    Ok(removed)
 }

@@ -3,7 +3,8 @@
 //!
 //! Blocking `ureq` with rustls. Certificates are verified against the system bundle
 //! (plus `--cacert`); `--insecure` is explicit. Every request carries the caller's extra
-//! headers (`X-Auth-Token`, …). Timeouts: connect, idle (per read), optional deadline.
+//! headers (`X-Auth-Token`, …). Timeouts: connect, idle (per read and per write),
+//! optional deadline.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -77,6 +78,9 @@ impl Glance {
             .tls_config(tls)
             .timeout_connect(Some(cfg.connect_timeout))
             .timeout_per_read(Some(cfg.idle_timeout))
+            // An upload into a server that stopped reading stalls in write(2): the same
+            // idle limit applies.
+            .timeout_per_write(Some(cfg.idle_timeout))
             .timeout_global(cfg.deadline)
             .user_agent(concat!("glance-vhd/", env!("CARGO_PKG_VERSION")))
             .build()

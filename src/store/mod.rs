@@ -119,9 +119,13 @@ impl Kind for StoreError {
                 }
                 _ => ErrorKind::Retryable,
             },
-            // Download classes: 404 not found; other 4xx permanent (the old plugin
-            // retried 401/403 pointlessly); 5xx and the network retryable.
+            // Download classes: 404 not found; 408 and 429 (the server asks us to come
+            // back) retryable; other 4xx permanent (the old plugin retried 401/403
+            // pointlessly); 5xx and the network retryable.
             StoreError::Http { status: 404, .. } => ErrorKind::NotFound,
+            StoreError::Http {
+                status: 408 | 429, ..
+            } => ErrorKind::Retryable,
             StoreError::Http { status, .. } if (400..500).contains(status) => ErrorKind::Permanent,
             StoreError::Http { .. } | StoreError::Transport { .. } => ErrorKind::Retryable,
             StoreError::NoData(_) | StoreError::NotQueued { .. } => ErrorKind::Permanent,

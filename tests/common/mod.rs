@@ -165,6 +165,38 @@ impl Peer {
         Peer::spawn("tests/peers/cut_proxy.py", &args, Path::new("."))
     }
 
+    /// A loopback proxy to `target_port` that resets its first `refuse` connections and
+    /// counts every connection in `count_file`.
+    pub fn flaky_proxy(target_port: u16, refuse: u32, count_file: &Path) -> Peer {
+        let port = target_port.to_string();
+        let refuse = refuse.to_string();
+        let args: Vec<&std::ffi::OsStr> = vec![
+            port.as_ref(),
+            "--refuse-first".as_ref(),
+            refuse.as_ref(),
+            "--count-file".as_ref(),
+            count_file.as_os_str(),
+        ];
+        Peer::spawn("tests/peers/cut_proxy.py", &args, Path::new("."))
+    }
+
+    /// A loopback proxy to `target_port` that cuts the first request to pass `cut_at`
+    /// bytes (an upload broken halfway), and no later one.
+    pub fn spawn_cut_first(target_port: u16, cut_at: u64, count_file: &Path) -> Peer {
+        let port = target_port.to_string();
+        let cut = cut_at.to_string();
+        let args: Vec<&std::ffi::OsStr> = vec![
+            port.as_ref(),
+            "--cut-at".as_ref(),
+            cut.as_ref(),
+            "--upload".as_ref(),
+            "--cut-once".as_ref(),
+            "--count-file".as_ref(),
+            count_file.as_os_str(),
+        ];
+        Peer::spawn("tests/peers/cut_proxy.py", &args, Path::new("."))
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
