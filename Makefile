@@ -14,7 +14,7 @@ SUDO         := $(if $(filter 0,$(shell id -u)),,sudo)
 # ring and other C code build with musl-gcc for the static target.
 export CC_x86_64_unknown_linux_musl := musl-gcc
 
-.PHONY: setup build test unit demo bench install uninstall fuzz clean fmt glance glance-stop
+.PHONY: setup build test unit demo bench faults install uninstall fuzz clean fmt glance glance-stop
 
 setup: $(VENV)/.peers glance
 	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
@@ -46,6 +46,14 @@ build: setup
 test: build
 	GLANCE_VHD_BIN=$(abspath $(BIN)) GLANCE_VHD_PYTHON=$(abspath $(PY)) GLANCE_VHD_SAMPLES=$(SAMPLES) \
 		cargo test --locked -- --test-threads=2
+
+# The fault suite in full: every cut offset tests/peers/offsets.py finds (≥ 20 per
+# direction), cut and reset, plus stall, drip, SIGKILL in each phase, disk full and
+# concurrency; prints the tables (README "Guarantees"). `make test` runs a short form.
+faults: build
+	GLANCE_VHD_FAULTS=full GLANCE_VHD_BIN=$(abspath $(BIN)) GLANCE_VHD_PYTHON=$(abspath $(PY)) GLANCE_VHD_SAMPLES=$(SAMPLES) \
+		cargo test --locked --test faults -- --test-threads=1
+	@cat target/tmp/faults-*.md
 
 demo: build
 	GLANCE_VHD_BIN=$(abspath $(BIN)) SAMPLES=$(SAMPLES) ./scripts/demo.sh

@@ -787,6 +787,11 @@ impl Summary {
     }
 }
 
+/// `1 VHD`, `3 VHDs`.
+fn vhds(n: usize) -> String {
+    format!("{n} VHD{}", if n == 1 { "" } else { "s" })
+}
+
 /// What a download or upload holds while it runs: the SR's job lock, and the progress
 /// display.
 struct Job {
@@ -991,9 +996,8 @@ fn download(a: &DownloadArgs) -> ExitCode {
     say(
         0,
         &summary.line(&format!(
-            "{what}: {} VHD{} into {} (leaf {})",
-            imp.uuids.len(),
-            if imp.uuids.len() == 1 { "" } else { "s" },
+            "{what}: {} into {} (leaf {})",
+            vhds(imp.uuids.len()),
             a.sr_path.display(),
             imp.root_uuid()
         )),
@@ -1119,9 +1123,8 @@ fn upload(a: &UploadArgs) -> ExitCode {
     say(
         0,
         &summary.line(&format!(
-            "{what}: {} VHD{} (leaf {})",
-            up.uuids.len(),
-            if up.uuids.len() == 1 { "" } else { "s" },
+            "{what}: {} (leaf {})",
+            vhds(up.uuids.len()),
             up.uuids.first().map_or("-", String::as_str)
         )),
     );

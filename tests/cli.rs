@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -263,30 +262,7 @@ impl Scratch {
         let sr2 = dir.path().join(uuid::Uuid::new_v4().to_string());
         std::fs::create_dir(&sr).unwrap();
         std::fs::create_dir(&sr2).unwrap();
-        let raw = dir.path().join("disk.raw");
-        let mut data = vec![0u8; mib << 20];
-        std::fs::File::open("/dev/urandom")
-            .unwrap()
-            .read_exact(&mut data)
-            .unwrap();
-        std::fs::write(&raw, &data).unwrap();
-        let vdi = uuid::Uuid::new_v4().to_string();
-        let o = Command::new("qemu-img")
-            .args([
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "vpc",
-                "-o",
-                "subformat=dynamic",
-            ])
-            .arg(&raw)
-            .arg(sr.join(format!("{vdi}.vhd")))
-            .output()
-            .expect("qemu-img (make setup installs qemu-utils)");
-        assert!(o.status.success(), "{}", stderr(&o));
-        std::fs::remove_file(&raw).unwrap();
+        let vdi = common::random_vdi(&sr, mib);
         Scratch { dir, sr, sr2, vdi }
     }
 
@@ -710,20 +686,6 @@ fn environment_defaults() {
 
 // ---- Retries against the real Glance ------------------------------------------------
 
-/// Glance on sqlite answers "database is locked" to concurrent writers: take turns.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn glance_port() -> u16 {
-    common::glance_url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse().ok())
-        .expect("the test Glance's port")
-}
-
 fn connections(count_file: &Path) -> usize {
     std::fs::read_to_string(count_file)
         .map(|t| t.lines().count())
@@ -749,14 +711,14 @@ fn glance_image(tgz: &Path) -> String {
 
 #[test]
 fn download_retries_move_to_the_next_endpoint() {
-    let _turn = serial();
+    let _turn = common::glance_turn();
     let s = Scratch::new(2);
     let url = s.image("img.tgz");
     let id = glance_image(Path::new(url.trim_start_matches("file://")));
     let (count_a, count_b) = (s.path("a.count"), s.path("b.count"));
     // A resets its first 2 connections, B its first 1: A, B, A fail; B's second works.
-    let a = Peer::flaky_proxy(glance_port(), 2, &count_a);
-    let b = Peer::flaky_proxy(glance_port(), 1, &count_b);
+    let a = Peer::flaky_proxy(common::glance_port(), 2, &count_a);
+    let b = Peer::flaky_proxy(common::glance_port(), 1, &count_b);
     let o = s.run(&[
         "download",
         "--endpoint",
@@ -798,7 +760,7 @@ fn download_retries_move_to_the_next_endpoint() {
     assert!(o.status.success(), "{}", stdout(&o));
 
     // Too few retries: exit 5 (retryable, retries used up), nothing in the SR.
-    let a = Peer::flaky_proxy(glance_port(), 10, &s.path("c.count"));
+    let a = Peer::flaky_proxy(common::glance_port(), 10, &s.path("c.count"));
     let sr3 = s.path(&uuid::Uuid::new_v4().to_string());
     std::fs::create_dir(&sr3).unwrap();
     let o = s.run(&[
@@ -823,10 +785,10 @@ fn download_retries_move_to_the_next_endpoint() {
 
 #[test]
 fn not_found_is_not_retried() {
-    let _turn = serial();
+    let _turn = common::glance_turn();
     let s = Scratch::new(1);
     let count = s.path("count");
-    let proxy = Peer::flaky_proxy(glance_port(), 0, &count);
+    let proxy = Peer::flaky_proxy(common::glance_port(), 0, &count);
     let t = Instant::now();
     let o = s.run(&[
         "download",
@@ -857,10 +819,10 @@ fn not_found_is_not_retried() {
 /// again, and the image becomes active with our checksum — one image, not two.
 #[test]
 fn upload_retry_rechecks_queued_and_completes() {
-    let _turn = serial();
+    let _turn = common::glance_turn();
     let s = Scratch::new(6);
     let count = s.path("count");
-    let cut = Peer::spawn_cut_first(glance_port(), 1 << 20, &count);
+    let cut = Peer::spawn_cut_first(common::glance_port(), 1 << 20, &count);
     let name = format!("retry-{}", uuid::Uuid::new_v4());
     let o = s.run(&[
         "upload",

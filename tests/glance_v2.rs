@@ -13,13 +13,6 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Glance on sqlite answers "database is locked" (HTTP 500) to concurrent writers: the
-/// tests take turns, each holding this for its whole run.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn glance() -> &'static str {
     common::glance_url()
 }
@@ -146,7 +139,7 @@ const PARENT: &str = "8ff122f704ccf7b0a4a0c101cbbfd838820d48e4504770dee4ea9223d5
 
 #[test]
 fn download_every_layout_made_by_gnu_tar() {
-    let _turn = serial();
+    let _turn = common::glance_turn();
     let w = Work::new();
     for (what, files, expect) in [
         (
@@ -228,7 +221,7 @@ fn download_every_layout_made_by_gnu_tar() {
 
 #[test]
 fn download_failures_leave_the_sr_untouched() {
-    let _turn = serial();
+    let _turn = common::glance_turn();
     let w = Work::new();
     let sr = w.sr("0badbad0");
     std::fs::write(sr.join("existing.vhd"), b"keep").unwrap();
@@ -265,7 +258,7 @@ fn download_failures_leave_the_sr_untouched() {
     // The connection cut in the middle of the body (a loopback proxy).
     let tgz = w.tarball(&[("0.vhd", "child.vhd"), ("1.vhd", "parent.vhd")]);
     let id = image(Some(&tgz));
-    let port = glance().rsplit(':').next().unwrap().to_string();
+    let port = common::glance_port().to_string();
     for cut in ["300", "2000", "9000"] {
         let proxy = common::Peer::cut_proxy(&port, cut, false);
         let url = proxy.url();
@@ -316,7 +309,7 @@ fn sr_with_chain(w: &Work) -> (PathBuf, [String; 3]) {
 
 #[test]
 fn upload_then_read_back_with_plain_http_gnu_tar_python_and_our_download() {
-    let _turn = serial();
+    let _turn = common::glance_turn();
     let w = Work::new();
     let (sr, uuids) = sr_with_chain(&w);
     let o = w.run(&[
@@ -413,7 +406,7 @@ fn upload_then_read_back_with_plain_http_gnu_tar_python_and_our_download() {
 
 #[test]
 fn upload_failures_never_leave_an_active_image() {
-    let _turn = serial();
+    let _turn = common::glance_turn();
     let w = Work::new();
     let (sr, uuids) = sr_with_chain(&w);
     let chain = ["--vdi", &uuids[0], "--vdi", &uuids[1], "--vdi", &uuids[2]];
@@ -465,7 +458,7 @@ fn upload_failures_never_leave_an_active_image() {
     }
     // The connection cut while the body is on its way (a loopback proxy): the image
     // must not become active.
-    let port = glance().rsplit(':').next().unwrap().to_string();
+    let port = common::glance_port().to_string();
     for cut in ["2000", "12000"] {
         let proxy = common::Peer::cut_proxy(&port, cut, true);
         let url = proxy.url();

@@ -149,21 +149,7 @@ fn qemu_base(dir: &Path, name: &str, size: usize, fills: &[(usize, usize, u8)]) 
     }
     let raw_path = dir.join(format!("{name}.raw"));
     std::fs::write(&raw_path, &raw).unwrap();
-    let o = qemu_img(
-        dir,
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vpc",
-            "-o",
-            "subformat=dynamic",
-            raw_path.to_str().unwrap(),
-            name,
-        ],
-    );
-    assert!(o.status.success(), "qemu-img convert: {}", stderr(&o));
+    common::qemu_vhd(&raw_path, &dir.join(name));
     raw
 }
 

@@ -20,21 +20,7 @@ fn relink_of_a_child_of_a_1gib_disk_writes_only_header_and_locators() {
     }
     drop(f);
     for (name, src) in [("big.vhd", &raw), ("other.vhd", &raw)] {
-        let st = Command::new("qemu-img")
-            .args([
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "vpc",
-                "-o",
-                "subformat=dynamic",
-            ])
-            .arg(src)
-            .arg(p.join(name))
-            .status()
-            .expect("qemu-img");
-        assert!(st.success());
+        common::qemu_vhd(src, &p.join(name));
     }
     let big = std::fs::metadata(p.join("big.vhd")).unwrap().len();
     assert!(big >= 1 << 30, "parent is {big} bytes");

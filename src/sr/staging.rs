@@ -247,3 +247,35 @@ fn roll_back(staging: &Path, sr: &Path) -> Result<Vec<PathBuf>> {
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A killed move leaves a journal; sweep removes exactly our links, never a file of
+    /// the same name that is not ours, and nothing the journal does not name.
+    #[test]
+    fn roll_back_removes_only_our_links() {
+        let sr = tempfile::tempdir().unwrap();
+        let lock_dir = tempfile::tempdir().unwrap();
+        let staging = sr.path().join(format!("{STAGING_PREFIX}dead"));
+        std::fs::create_dir(&staging).unwrap();
+        for n in ["a.vhd", "b.vhd", "c.vhd", "d.vhd"] {
+            std::fs::write(staging.join(n), n).unwrap();
+        }
+        // a: linked by us. b: someone else's file of that name. c: never linked.
+        // d: linked by us but not in the journal. Plus a hostile journal line.
+        std::fs::hard_link(staging.join("a.vhd"), sr.path().join("a.vhd")).unwrap();
+        std::fs::write(sr.path().join("b.vhd"), "theirs").unwrap();
+        std::fs::hard_link(staging.join("d.vhd"), sr.path().join("d.vhd")).unwrap();
+        std::fs::write(staging.join(JOURNAL), "a.vhd\nb.vhd\nc.vhd\n../x.vhd\n\n").unwrap();
+        let swept = sweep(sr.path(), Duration::ZERO, lock_dir.path()).unwrap();
+        assert_eq!(swept.len(), 1);
+        assert!(swept[0].removed);
+        assert_eq!(swept[0].rolled_back, [sr.path().join("a.vhd")]);
+        assert!(!sr.path().join("a.vhd").exists());
+        assert_eq!(std::fs::read(sr.path().join("b.vhd")).unwrap(), b"theirs");
+        assert!(sr.path().join("d.vhd").exists());
+        assert!(!staging.exists());
+    }
+}

@@ -170,8 +170,60 @@ impl Glance {
         if expected.size.is_none() {
             expected.size = header("x-image-meta-size").and_then(|s| s.parse().ok());
         }
-        let body = resp.into_body().into_reader();
+        let length = header("content-length").and_then(|s| s.parse().ok());
+        let body = NetBody {
+            inner: resp.into_body().into_reader(),
+            url,
+            got: 0,
+            want: expected.size.or(length),
+        };
         Ok((Box::new(body), expected))
+    }
+}
+
+/// An image body off the network. Every read error is the network's — a cut, a reset, a
+/// timeout — so it classifies as retryable rather than as "a broken image" when the
+/// inflater reports it; and a body that ends before the size the store declared is such
+/// an error too, never a short image that happens to inflate.
+struct NetBody<R> {
+    inner: R,
+    url: String,
+    got: u64,
+    want: Option<u64>,
+}
+
+impl<R: Read> Read for NetBody<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::{Error, ErrorKind};
+        match self.inner.read(buf) {
+            Ok(0) => match self.want {
+                Some(w) if self.got < w => Err(Error::new(
+                    ErrorKind::ConnectionAborted,
+                    format!(
+                        "{}: the connection ended after {} of {w} bytes",
+                        self.url, self.got
+                    ),
+                )),
+                _ => Ok(0),
+            },
+            Ok(n) => {
+                self.got += n as u64;
+                Ok(n)
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                let kind = match e.kind() {
+                    k @ (ErrorKind::TimedOut
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted) => k,
+                    _ => ErrorKind::ConnectionAborted,
+                };
+                Err(Error::new(
+                    kind,
+                    format!("{} after {} bytes: {e}", self.url, self.got),
+                ))
+            }
+        }
     }
 }
 

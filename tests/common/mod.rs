@@ -75,6 +75,42 @@ pub fn unpacked_samples() -> tempfile::TempDir {
     dir
 }
 
+/// `qemu-img convert` of a raw file into a dynamic VHD (qemu's `vpc`): an independent
+/// writer of the format.
+pub fn qemu_vhd(raw: &Path, out: &Path) {
+    let o = Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=dynamic",
+        ])
+        .arg(raw)
+        .arg(out)
+        .output()
+        .expect("qemu-img (make setup installs qemu-utils)");
+    assert!(o.status.success(), "qemu-img convert: {}", stderr(&o));
+}
+
+/// A new VDI in `sr` holding `mib` MiB of random data (incompressible, so transfer
+/// sizes are known), made by qemu-img; its UUID.
+pub fn random_vdi(sr: &Path, mib: usize) -> String {
+    use std::io::Read;
+    let mut data = vec![0u8; mib << 20];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut data))
+        .expect("random bytes");
+    let raw = sr.join(".random.raw");
+    std::fs::write(&raw, &data).expect("write raw");
+    let vdi = uuid::Uuid::new_v4().to_string();
+    qemu_vhd(&raw, &sr.join(format!("{vdi}.vhd")));
+    std::fs::remove_file(&raw).expect("remove raw");
+    vdi
+}
+
 /// Run the binary with `args` in `cwd`.
 pub fn run(cwd: &Path, args: &[&str]) -> Output {
     Command::new(bin())
@@ -144,6 +180,12 @@ impl Peer {
             port,
             dir: dir.to_path_buf(),
         }
+    }
+
+    /// Any of the peer scripts (repository-relative path) with these arguments.
+    pub fn spawn_script(script: &str, args: &[&str]) -> Peer {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        Peer::spawn(script, &args, Path::new("."))
     }
 
     /// The Glance v1 stand-in (tests/peers/glance_v1_standin.py) serving `dir`.
@@ -226,6 +268,23 @@ pub fn glance_url() -> &'static str {
         );
         stdout(&o).trim().to_string()
     })
+}
+
+/// The test Glance's port (for the proxies in front of it).
+pub fn glance_port() -> u16 {
+    glance_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("the test Glance's port")
+}
+
+/// Glance on sqlite answers "database is locked" (HTTP 500) to concurrent writers: the
+/// tests of one binary take turns, each holding this for its whole run (test binaries
+/// run one after another).
+pub fn glance_turn() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// tests/glance/glance_client.py (a plain HTTP client) against the test Glance.
