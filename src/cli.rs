@@ -850,6 +850,7 @@ impl Job {
         crate::sr::Transfer {
             rate_limit: args.rate_limit,
             progress: Some(self.progress.clone()),
+            ..Default::default()
         }
     }
 
@@ -1106,7 +1107,25 @@ fn upload(a: &UploadArgs) -> ExitCode {
             }
             None => Target::Local(Location::parse(endpoint)?),
         };
-        crate::sr::upload(&a.sr_path, &spec, &target, pack, &transfer)
+        let previous = transfer.sent.lock().ok().and_then(|mut s| s.take());
+        match crate::sr::upload(&a.sr_path, &spec, &target, pack, &transfer) {
+            // The last attempt handed over the whole tarball and only the answer was
+            // lost: the image is active with exactly our bytes. Done, not "not queued".
+            Err(crate::sr::SrError::Store(crate::store::StoreError::NotQueued { .. }))
+                if previous
+                    .as_ref()
+                    .is_some_and(|p| target.completed_by(&p.stream)) =>
+            {
+                say(
+                    0,
+                    &format!(
+                        "{what}: the previous attempt completed after all: the image is active with our checksum"
+                    ),
+                );
+                Ok(previous.expect("checked"))
+            }
+            r => r,
+        }
     });
     let took = job.finish();
     let (up, attempts) = match result {

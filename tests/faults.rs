@@ -530,6 +530,30 @@ fn upload_faults_never_activate_a_partial_image() {
         exit_of(&o),
         "second attempt: active, checksum = ours",
     );
+    // The whole upload arrived but its answer was lost: the retry finds the image
+    // active with exactly our bytes and calls it done, sending nothing twice.
+    let id = glance_image(Path::new(""));
+    let proxy = fault_proxy("upload-answer", "cut", 0, &log);
+    let o = upload(
+        &proxy,
+        &id,
+        &["--retries", "1", "--retry-delay", "0.1", "--json"],
+    );
+    assert!(o.status.success(), "answer lost: {}", stderr(&o));
+    assert!(stderr(&o).contains("completed after all"), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["summary"]["attempts"], 2);
+    let rec = glance_record(&id);
+    assert_eq!(rec["status"], "active");
+    assert_eq!(rec["checksum"], v["summary"]["md5"]);
+    assert_eq!(rec["size"], v["summary"]["bytes"]);
+    site.assert_untouched(&before, "answer lost");
+    report.row(
+        "the answer to a complete upload lost (cut before the 204), --retries 1",
+        "cut",
+        exit_of(&o),
+        "the retry finds it active with our checksum: success, not sent twice",
+    );
 }
 
 /// A SIGKILL in each phase of an import, then `sweep`: no staging directory, no VHD

@@ -96,6 +96,10 @@ pub struct Transfer {
     /// Counted into as the transfer runs: wire bytes for a download (its total is the
     /// size the store declares), VHD bytes read for an upload (total: the chain's size).
     pub progress: Option<Arc<Progress>>,
+    /// Filled by an upload whose whole tarball was handed to the store, whatever the
+    /// outcome: if the answer was lost, the store may have the complete image, and a
+    /// retry can recognise it by these digests ([`Target::completed_by`]).
+    pub sent: Arc<std::sync::Mutex<Option<Uploaded>>>,
 }
 
 impl Transfer {
@@ -396,6 +400,15 @@ pub fn upload(
         // slows the compressors to match.
         let mut body = HashingReader::new(transfer.wrap(reader));
         let sent = target.send(&mut body).map(|rec| (rec, body.digests()));
+        if body.at_eof() {
+            if let Ok(mut s) = transfer.sent.lock() {
+                *s = Some(Uploaded {
+                    uuids: exported.uuids.clone(),
+                    members: exported.members.iter().map(|(n, _)| n.clone()).collect(),
+                    stream: body.digests(),
+                });
+            }
+        }
         // Let the producer see a closed pipe before waiting for it.
         drop(body);
         let produced = producer

@@ -276,6 +276,12 @@ impl Target {
         }
     }
 
+    /// Is the image already active with exactly `sent` (an earlier attempt whose answer
+    /// was lost)? Only then may a retry call the upload done.
+    pub fn completed_by(&self, sent: &Digests) -> bool {
+        matches!(self, Target::Glance { .. }) && self.verify(sent, None).is_ok()
+    }
+
     /// After the upload: the store's record must match what we sent.
     pub fn verify(
         &self,
@@ -369,6 +375,7 @@ pub struct HashingReader<R> {
     md5: Md5,
     sha512: Sha512,
     bytes: u64,
+    eof: bool,
 }
 
 /// The digests of a finished stream, lowercase hex.
@@ -386,7 +393,13 @@ impl<R: Read> HashingReader<R> {
             md5: Md5::new(),
             sha512: Sha512::new(),
             bytes: 0,
+            eof: false,
         }
+    }
+
+    /// The inner reader said end of stream: every byte went through.
+    pub fn at_eof(&self) -> bool {
+        self.eof
     }
 
     /// The digests of everything read so far.
@@ -406,6 +419,7 @@ impl<R: Read> HashingReader<R> {
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        self.eof |= n == 0 && !buf.is_empty();
         self.md5.update(&buf[..n]);
         self.sha512.update(&buf[..n]);
         self.bytes += n as u64;

@@ -541,8 +541,8 @@ fn syslog_progress(label: String) -> (sr::Transfer, Monitor) {
         },
     );
     let transfer = sr::Transfer {
-        rate_limit: None,
         progress: Some(progress),
+        ..Default::default()
     };
     (transfer, monitor)
 }

@@ -6,6 +6,9 @@ one fault into the body of the first request or response that matches:
   --direction download   the body of the response to a request whose path contains MATCH
   --direction upload     the body of a request whose path contains MATCH (chunked bodies
                          are counted in decoded data bytes: offset N is byte N of the file)
+  --direction upload-answer
+                         the answer to a PUT whose path contains MATCH: the server has the
+                         whole upload, the client never hears so (AT is ignored)
   --fault cut            at body offset AT: pass AT bytes, then close both sides (FIN)
   --fault reset          at AT: pass AT bytes, then RST to the client and close the server
   --fault stall          at AT: pass AT bytes, then forward nothing more (the client's idle
@@ -20,7 +23,7 @@ import argparse, select, socket, struct, threading, time
 
 ap = argparse.ArgumentParser()
 ap.add_argument("target_port", type=int)
-ap.add_argument("--direction", choices=["download", "upload"], required=True)
+ap.add_argument("--direction", choices=["download", "upload", "upload-answer"], required=True)
 ap.add_argument("--match", default="/file")
 ap.add_argument("--fault", choices=["cut", "reset", "stall", "drip"], required=True)
 ap.add_argument("--at", type=int, required=True)
@@ -255,6 +258,10 @@ def responses(conn, queue, cv):
                     if conn.dead.is_set() and not queue:
                         raise EOFError
                 method, match = queue.pop(0)
+            if args.direction == "upload-answer" and match and method == b"PUT" and claim():
+                log("fault %s instead of the answer to PUT: %s" % (args.fault, head.split(b"\r\n")[0].decode()))
+                conn.close(rst=args.fault == "reset")
+                raise Stop
             conn.client.sendall(head)
             armed = args.direction == "download" and match and method == b"GET" and claim()
             forward_body(r, Body(conn, conn.client, armed, "response"), head, True, method)
