@@ -75,6 +75,6 @@ pub fn verbosity() -> i8 {
 /// A CLI message on stderr if the verbosity is at least `min`.
 pub fn say(min: i8, msg: &str) {
     if verbosity() >= min {
-        eprintln!("{IDENT}: {msg}");
+        crate::progress::suspend(|| eprintln!("{IDENT}: {msg}"));
     }
 }

@@ -145,16 +145,31 @@ impl Drop for Monitor {
     }
 }
 
+/// The bar on screen, if any: other stderr lines go around it ([`suspend`]).
+static ACTIVE: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Run `f` (which writes a line to stderr) with the progress bar, if one is on screen,
+/// lifted out of the way, so the line does not land in the middle of the bar.
+pub fn suspend<F: FnOnce()>(f: F) {
+    let bar = ACTIVE.lock().ok().and_then(|a| a.clone());
+    match bar {
+        Some(b) => b.suspend(f),
+        None => f(),
+    }
+}
+
+fn set_active(bar: Option<&ProgressBar>) {
+    if let Ok(mut a) = ACTIVE.lock() {
+        *a = bar.cloned();
+    }
+}
+
 fn render(progress: &Progress, display: &Display, stop: &(Mutex<bool>, Condvar)) {
     let start = Instant::now();
-    let bar = display.bar.then(|| {
-        let b = new_bar(progress.total());
-        // "download", "upload": the bar has one line; the full label goes to syslog.
-        let verb = display.label.split_whitespace().next().unwrap_or_default();
-        b.set_prefix(verb.to_string());
-        b
-    });
-    let tick = if bar.is_some() {
+    // The bar appears with the first byte: before that (connecting, retrying) there is
+    // nothing to show but the log lines.
+    let mut bar: Option<ProgressBar> = None;
+    let tick = if display.bar {
         Duration::from_millis(100)
     } else {
         display.log_every.unwrap_or(Duration::from_secs(30))
@@ -167,6 +182,14 @@ fn render(progress: &Progress, display: &Display, stop: &(Mutex<bool>, Condvar))
             Ok((s, _)) => s,
             Err(_) => return,
         };
+        if display.bar && bar.is_none() && progress.done() > 0 {
+            let b = new_bar(progress.total());
+            // "download", "upload": the bar has one line; the full label goes to syslog.
+            let verb = display.label.split_whitespace().next().unwrap_or_default();
+            b.set_prefix(verb.to_string());
+            set_active(Some(&b));
+            bar = Some(b);
+        }
         if let Some(b) = &bar {
             if let Some(t) = progress.total() {
                 if b.length() != Some(t) {
@@ -185,6 +208,7 @@ fn render(progress: &Progress, display: &Display, stop: &(Mutex<bool>, Condvar))
         }
     }
     if let Some(b) = bar {
+        set_active(None);
         b.finish_and_clear();
     }
 }

@@ -74,7 +74,7 @@ impl StoreError {
             .reader()
             .take(512)
             .read_to_string(&mut body);
-        let body = body.split_whitespace().collect::<Vec<_>>().join(" ");
+        let body = summarize_body(&body);
         StoreError::Http {
             url: url.to_string(),
             status,
@@ -137,6 +137,38 @@ impl Kind for StoreError {
             StoreError::Checksum { .. } => ErrorKind::Retryable,
         }
     }
+}
+
+/// The start of an error body, for a one-line message: the text of an HTML page
+/// (Glance's errors are `<title>404 Not Found</title>…<h1>404 Not Found</h1> No image
+/// found…`) without its tags and repeated headings, whitespace collapsed.
+fn summarize_body(body: &str) -> String {
+    if !body.trim_start().starts_with('<') {
+        return body.split_whitespace().collect::<Vec<_>>().join(" ");
+    }
+    let mut parts: Vec<String> = Vec::new();
+    let mut text = String::new();
+    let mut in_tag = false;
+    let mut flush = |text: &mut String, parts: &mut Vec<String>| {
+        let t = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !t.is_empty() && parts.last() != Some(&t) {
+            parts.push(t);
+        }
+        text.clear();
+    };
+    for c in body.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                flush(&mut text, &mut parts);
+            }
+            '>' if in_tag => in_tag = false,
+            _ if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    flush(&mut text, &mut parts);
+    parts.join(": ")
 }
 
 /// Where an image comes from.
@@ -443,6 +475,21 @@ mod tests {
         assert_eq!(d.md5, "900150983cd24fb0d6963f7d28e17f72");
         assert!(d.sha512.starts_with("ddaf35a193617aba"));
         assert_eq!(d.bytes, 3);
+    }
+
+    #[test]
+    fn error_pages_read_as_one_line() {
+        let page = "<html>\n <head>\n  <title>404 Not Found</title>\n </head>\n <body>\n  \
+                    <h1>404 Not Found</h1>\n  No image found with ID x<br /><br />\n\n </body>\n</html>";
+        assert_eq!(
+            summarize_body(page),
+            "404 Not Found: No image found with ID x"
+        );
+        assert_eq!(summarize_body(" plain  text\n"), "plain text");
+        assert_eq!(
+            summarize_body(r#"{"error": "a < b"}"#),
+            r#"{"error": "a < b"}"#
+        );
     }
 
     #[test]
