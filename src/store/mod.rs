@@ -149,7 +149,7 @@ fn summarize_body(body: &str) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut text = String::new();
     let mut in_tag = false;
-    let mut flush = |text: &mut String, parts: &mut Vec<String>| {
+    let flush = |text: &mut String, parts: &mut Vec<String>| {
         let t = text.split_whitespace().collect::<Vec<_>>().join(" ");
         if !t.is_empty() && parts.last() != Some(&t) {
             parts.push(t);
