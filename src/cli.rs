@@ -980,7 +980,6 @@ fn download(a: &DownloadArgs) -> ExitCode {
         };
         crate::sr::download(&source, &opts)
     });
-    let attempts_endpoint = |n: u32| a.store.endpoint(n.saturating_sub(1)).to_string();
     let took = job.finish();
     let (d, attempts) = match result {
         Ok(v) => v,
@@ -989,7 +988,7 @@ fn download(a: &DownloadArgs) -> ExitCode {
     let imp = &d.imported;
     let summary = Summary::new(
         a.image_id.as_deref().filter(|_| http),
-        &attempts_endpoint(attempts),
+        a.store.endpoint(attempts.saturating_sub(1)),
         attempts,
         &d.stream,
         took,
