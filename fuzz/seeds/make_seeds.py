@@ -32,8 +32,10 @@ def tar(members, fmt=tarfile.GNU_FORMAT):
             name, kind = m[0], m[1]
             ti = tarfile.TarInfo(name)
             ti.mtime, ti.mode = 1700000000, 0o644
-            if len(m) > 2:
+            if len(m) > 2 and isinstance(m[2], dict):
                 ti.pax_headers = m[2]
+            elif len(m) > 2:
+                ti.mtime = m[2]
             data = None
             if kind == "file":
                 data = VHD
@@ -65,6 +67,9 @@ out(T, "gnu-longname.tar", tar([("d" * 150 + ".vhd", "file")]))
 out(T, "pax-single.tar", tar([("disk-\u00e9.vhd", "file", {"comment": "x"})], tarfile.PAX_FORMAT))
 out(T, "pax-numbered.tar",
     tar([("0.vhd", "file", {"mtime": "1700000000.5"}), ("1.vhd", "file")], tarfile.PAX_FORMAT))
+# A pax size record (how pax gives sizes over 8 GiB), a GNU base-256 mtime.
+out(T, "pax-size.tar", tar([("0.vhd", "file", {"size": "512"})], tarfile.PAX_FORMAT))
+out(T, "gnu-base256-mtime.tar", tar([("0.vhd", "file", 8 ** 11 + 5)]))
 out(T, "gnu-hostile.tar",
     tar([("0.vhd", "file"), ("l", "symlink"), ("h", "hardlink"), ("c", "chardev"),
          ("../x.vhd", "file")]))
