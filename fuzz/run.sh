@@ -29,12 +29,15 @@ samples=${GLANCE_VHD_SAMPLES:-$here/../../shared/vhd-samples}
 export GLANCE_VHD_SAMPLES=$samples
 corpus=$here/corpus/$target
 
-# Per-target libFuzzer options. tar_unpack: no single allocation over 64 MiB (unpack
-# needs a few MiB; the tar reader once held a whole GNU long name in memory).
-extra_args() {
+# Per-target libFuzzer options, into the array topts. tar_unpack: no single allocation
+# over 64 MiB (unpack needs a few MiB; the tar reader once held a whole GNU long name in
+# memory). A dictionary of the format's tokens is used when fuzz/dicts/<target>.dict exists.
+target_opts() {
+    topts=()
     case $1 in
-    tar_unpack) echo -malloc_limit_mb=64 ;;
+    tar_unpack) topts+=(-malloc_limit_mb=64) ;;
     esac
+    [ ! -e "$here/dicts/$1.dict" ] || topts+=("-dict=$here/dicts/$1.dict")
 }
 
 if [ "$target" = replay ]; then
@@ -43,9 +46,9 @@ if [ "$target" = replay ]; then
         fixtures=("$here/../tests/fixtures/fuzz/$t"-*.bin)
         [ -e "${fixtures[0]}" ] || continue
         echo "replaying ${#fixtures[@]} fixture(s) through $t"
-        # shellcheck disable=SC2046 # word splitting of the options is intended
+        target_opts "$t"
         cargo +nightly fuzz run "$t" "${fixtures[@]}" -- -rss_limit_mb="$rss" -timeout=10 \
-            $(extra_args "$t")
+            "${topts[@]}"
     done
     exit 0
 fi
@@ -104,7 +107,7 @@ if [ -z "$(ls -A "$corpus")" ]; then
 fi
 
 cd "$here"
-# shellcheck disable=SC2046 # word splitting of the options is intended
+target_opts "$target"
 exec cargo +nightly fuzz run "$target" "$corpus" -- \
     -max_total_time="$seconds" -rss_limit_mb="$rss" -timeout=10 -max_len="$max_len" \
-    -print_final_stats=1 $(extra_args "$target") "$@"
+    -print_final_stats=1 "${topts[@]}" "$@"
