@@ -79,12 +79,16 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/glance-vhd
 	for p in $(PLUGINS); do rm -f $(DESTDIR)$(PLUGIN_DIR)/$$p; done
 
-# Fuzz the VHD open/check path (nightly toolchain, cargo-fuzz). FUZZ_SECONDS per target.
+# Fuzz every target: VHD open/check and relink, the tarball policy, XML-RPC, the params
+# pickle (nightly toolchain, cargo-fuzz). FUZZ_SECONDS per target, one after the other.
 FUZZ_SECONDS ?= 60
 fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh vhd_open
 	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh vhd_relink
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh tar_unpack
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh xmlrpc_call
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh pickle_params
 
 fmt:
 	cargo fmt

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Run one cargo-fuzz target for $FUZZ_SECONDS (default 60).
 #
-#   fuzz/run.sh vhd_open              # or vhd_relink; extra args go to libFuzzer
+#   fuzz/run.sh vhd_open              # extra args go to libFuzzer
 #   FUZZ_SECONDS=600 fuzz/run.sh vhd_relink -jobs=1
 #
-# An empty corpus is seeded first: fuzz/seeds/<target>/ (small synthetic files) plus the
-# unpacked samples from $GLANCE_VHD_SAMPLES (default ../../shared/vhd-samples from here;
-# for vhd_relink, child+parent pairs in the target's input layout). Crashes land in
+# Targets: vhd_open, vhd_relink (VHD read and write sides), tar_unpack (the image
+# tarball's member policy), xmlrpc_call (the plugin's XML-RPC call and XenAPI's
+# responses), pickle_params (the params pickle and the argument screening).
+#
+# An empty corpus is seeded first: fuzz/seeds/<target>/ (small synthetic files; see
+# fuzz/seeds/make_seeds.py for the three plugin-side targets) plus, for the VHD targets,
+# the unpacked samples from $GLANCE_VHD_SAMPLES (default ../../shared/vhd-samples from
+# here; for vhd_relink, child+parent pairs in the target's input layout). Crashes land in
 # fuzz/artifacts/<target>/; minimise with
 #   cargo +nightly fuzz tmin <target> fuzz/artifacts/<target>/crash-…
 # and keep it as tests/fixtures/fuzz/<target>-<short-name>.bin. Replay every such fixture
@@ -15,7 +20,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-target=${1:?usage: run.sh vhd_open|vhd_relink [libFuzzer args…] | run.sh replay}
+targets="vhd_open vhd_relink tar_unpack xmlrpc_call pickle_params"
+target=${1:?usage: run.sh ${targets// /|} [libFuzzer args…] | run.sh replay}
 shift
 seconds=${FUZZ_SECONDS:-60}
 rss=${FUZZ_RSS_MB:-2048}
@@ -23,19 +29,38 @@ samples=${GLANCE_VHD_SAMPLES:-$here/../../shared/vhd-samples}
 export GLANCE_VHD_SAMPLES=$samples
 corpus=$here/corpus/$target
 
+# Per-target libFuzzer options, into the array topts. tar_unpack: no single allocation
+# over 64 MiB (unpack needs a few MiB; the tar reader once held a whole GNU long name in
+# memory). A dictionary of the format's tokens is used when fuzz/dicts/<target>.dict exists.
+target_opts() {
+    topts=()
+    case $1 in
+    tar_unpack) topts+=(-malloc_limit_mb=64) ;;
+    esac
+    [ ! -e "$here/dicts/$1.dict" ] || topts+=("-dict=$here/dicts/$1.dict")
+}
+
 if [ "$target" = replay ]; then
     cd "$here"
-    for t in vhd_open vhd_relink; do
+    for t in $targets; do
         fixtures=("$here/../tests/fixtures/fuzz/$t"-*.bin)
         [ -e "${fixtures[0]}" ] || continue
         echo "replaying ${#fixtures[@]} fixture(s) through $t"
-        cargo +nightly fuzz run "$t" "${fixtures[@]}" -- -rss_limit_mb="$rss" -timeout=10
+        target_opts "$t"
+        cargo +nightly fuzz run "$t" "${fixtures[@]}" -- -rss_limit_mb="$rss" -timeout=10 \
+            "${topts[@]}"
     done
     exit 0
 fi
 
-case $target in vhd_open | vhd_relink) ;; *)
-    echo "unknown target $target (vhd_open, vhd_relink)" >&2
+# The largest input: VHDs need room for a BAT and some blocks; the plugin's inputs are
+# small (xapi passes at most 128 KiB per argument).
+case $target in
+vhd_open | vhd_relink) max_len=8388608 ;;
+tar_unpack) max_len=1048576 ;;
+xmlrpc_call | pickle_params) max_len=262144 ;;
+*)
+    echo "unknown target $target (${targets// /, })" >&2
     exit 2
     ;;
 esac
@@ -53,7 +78,9 @@ mkdir -p "$corpus"
 if [ -z "$(ls -A "$corpus")" ]; then
     echo "seeding $corpus"
     cp "$here/seeds/$target"/* "$corpus"/
-    if [ -d "$samples" ]; then
+    if [ "$target" != vhd_open ] && [ "$target" != vhd_relink ]; then
+        : # seeds only
+    elif [ -d "$samples" ]; then
         tmp=$(mktemp -d)
         trap 'rm -rf "$tmp"' EXIT
         for f in "$samples"/{tap-chain,qemu-parent,dfvfs}/*.vhd.gz; do
@@ -80,6 +107,7 @@ if [ -z "$(ls -A "$corpus")" ]; then
 fi
 
 cd "$here"
+target_opts "$target"
 exec cargo +nightly fuzz run "$target" "$corpus" -- \
-    -max_total_time="$seconds" -rss_limit_mb="$rss" -timeout=10 -max_len=8388608 \
-    -print_final_stats=1 "$@"
+    -max_total_time="$seconds" -rss_limit_mb="$rss" -timeout=10 -max_len="$max_len" \
+    -print_final_stats=1 "${topts[@]}" "$@"

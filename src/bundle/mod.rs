@@ -10,10 +10,13 @@
 pub mod pack;
 pub mod pargz;
 
+use std::cell::Cell;
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::error::{ErrorKind, Kind};
 use crate::progress::Progress;
@@ -21,6 +24,12 @@ use crate::stream::Writeback;
 
 /// At most this many VHDs in one image (the old plugins' limit).
 pub const MAX_FILES: usize = 16;
+
+/// Tar metadata accepted before a member's data: its header and what describes it (GNU
+/// long names, pax records). The tar reader holds long names and pax records in memory
+/// whole, so without a bound one declared gigabytes long (a few KB of gzip) would
+/// exhaust dom0's memory. Real ones are a few hundred bytes.
+pub const MAX_META: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -251,7 +260,12 @@ pub fn unpack_with<R: Read>(
         ));
     }
     let gz = flate2::read::MultiGzDecoder::new(buffered);
-    let mut archive = tar::Archive::new(gz);
+    let fence = Rc::new(Cell::new(MAX_META));
+    let mut archive = tar::Archive::new(Fence {
+        inner: gz,
+        pos: 0,
+        end: Rc::clone(&fence),
+    });
     let mut names: Vec<String> = Vec::new();
     let mut bytes = 0u64;
     let mut free = limits.free_space;
@@ -259,8 +273,18 @@ pub fn unpack_with<R: Read>(
         let entries = archive
             .entries()
             .map_err(stream_err("reading the tar stream"))?;
+        let mut meta_from = 0u64;
         for entry in entries {
-            let mut entry = entry.map_err(stream_err("reading a tar header"))?;
+            let mut entry = entry.map_err(|e| meta_err(e, meta_from))?;
+            // What the reader will read: a pax `size` record overrides the header's
+            // (a pax image over 8 GiB has its size only there).
+            let size = entry.size();
+            // This member's data and padding, then the next member's metadata.
+            let data_end = entry
+                .raw_file_position()
+                .saturating_add(size.div_ceil(512).saturating_mul(512));
+            fence.set(data_end.saturating_add(MAX_META));
+            meta_from = data_end;
             let kind = entry.header().entry_type();
             let raw_name = entry.path_bytes().into_owned();
             let display = String::from_utf8_lossy(&raw_name).into_owned();
@@ -285,10 +309,6 @@ pub fn unpack_with<R: Read>(
                     rule: "duplicate member".into(),
                 });
             }
-            let size = entry
-                .header()
-                .size()
-                .map_err(stream_err("reading a tar header"))?;
             names.push(name.clone());
             if let Some(p) = progress {
                 p.set_member(&name);
@@ -312,10 +332,22 @@ pub fn unpack_with<R: Read>(
             }
             if size > free {
                 return Err(BundleError::NoSpace {
-                    needed: bytes + size,
+                    needed: bytes.saturating_add(size),
                     free: limits.free_space,
                 });
             }
+            // Restored as tar does: it becomes the parent timestamp on relink. One
+            // beyond what a time can hold is refused, as Python's tarfile refused it.
+            let mtime = entry
+                .header()
+                .mtime()
+                .map_err(stream_err(format!("reading the mtime of member {display}")))?;
+            let Some(mtime) = UNIX_EPOCH.checked_add(Duration::from_secs(mtime)) else {
+                return Err(BundleError::Member {
+                    name: display,
+                    rule: format!("mtime {mtime} is beyond any time a file can have"),
+                });
+            };
             free -= size;
             let path = dest.join(&name);
             let out = OpenOptions::new()
@@ -341,16 +373,13 @@ pub fn unpack_with<R: Read>(
                 op: "fsync",
                 source: e,
             })?;
-            // Restore the mtime as tar does: it becomes the parent timestamp on relink.
-            if let Ok(mtime) = entry.header().mtime() {
-                let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
-                let _ = out.set_modified(t);
-            }
-            bytes += n;
+            let _ = out.set_modified(mtime);
+            bytes = bytes.saturating_add(n);
         }
     }
     // The tar end marker was read. What follows must be zero padding: anything else
     // is garbage we would silently drop (and a corrupt gzip member shows up here too).
+    fence.set(u64::MAX);
     let mut rest = archive.into_inner();
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -375,6 +404,58 @@ pub fn unpack_with<R: Read>(
         files,
         bytes,
     })
+}
+
+/// The decompressed stream as the tar reader sees it, cut at `end`: the end of the
+/// current member's data plus [`MAX_META`] (moved on as members are read).
+struct Fence<R> {
+    inner: R,
+    pos: u64,
+    end: Rc<Cell<u64>>,
+}
+
+#[derive(Debug)]
+struct FenceHit;
+
+impl std::fmt::Display for FenceHit {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "more than {MAX_META} bytes of tar metadata before a member"
+        )
+    }
+}
+
+impl std::error::Error for FenceHit {}
+
+impl<R: Read> Read for Fence<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let room = self.end.get().saturating_sub(self.pos);
+        if room == 0 && !buf.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, FenceHit));
+        }
+        let take = usize::try_from(room).map_or(buf.len(), |r| r.min(buf.len()));
+        let n = self.inner.read(&mut buf[..take])?;
+        self.pos = self.pos.saturating_add(n as u64);
+        Ok(n)
+    }
+}
+
+/// An error of the tar reader between members: the metadata bound, or a bad header.
+fn meta_err(e: io::Error, from: u64) -> BundleError {
+    let hit = e
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<FenceHit>().is_some());
+    if hit {
+        return BundleError::Member {
+            name: format!("(the member after byte {from} of the tar stream)"),
+            rule: format!("its header, long name and pax records take more than {MAX_META} bytes"),
+        };
+    }
+    BundleError::Stream {
+        what: "reading a tar header".into(),
+        source: e,
+    }
 }
 
 fn copy_member(
@@ -462,5 +543,95 @@ mod tests {
             assert!(member_name(bad, false).is_err(), "{bad:?}");
         }
         assert!(member_name(b"0.vhd", true).is_err());
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// The limits of the tar_unpack fuzz target, whose inputs these are.
+    const SMALL: Limits = Limits {
+        free_space: 64 << 10,
+        max_member: 32 << 10,
+    };
+
+    fn unpack_in(body: &[u8]) -> (Result<Unpacked>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (unpack(body, dir.path(), SMALL), dir)
+    }
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fuzz");
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{FIXTURES}/tar_unpack-{name}.bin")).unwrap()
+    }
+
+    #[test]
+    fn an_mtime_beyond_any_time_is_refused() {
+        // GNU base-256 mtime 2^63: `UNIX_EPOCH + secs` panicked.
+        let (r, _d) = unpack_in(&gzip(&fixture("mtime-overflow")));
+        match r {
+            Err(BundleError::Member { name, rule }) => {
+                assert_eq!(name, "0.vhd");
+                assert!(rule.contains("mtime 9223372036854775808"), "{rule}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pax_size_is_the_size_the_limits_see() {
+        // Header size 0, pax size 80 000: the limits saw 0 and 80 000 bytes were written.
+        let (r, d) = unpack_in(&gzip(&fixture("pax-size-over-limit")));
+        match r {
+            Err(BundleError::Member { name, rule }) => {
+                assert_eq!(name, "0.vhd");
+                assert!(rule.contains("80000 bytes is larger"), "{rule}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        // A pax size that fits is what the member holds (an image over 8 GiB in pax
+        // format has its size only there): accepted, not "declared 0 bytes".
+        let mut tar = Vec::new();
+        let mut pax = tar::Header::new_ustar();
+        let record = b"12 size=512\n";
+        pax.set_entry_type(tar::EntryType::XHeader);
+        pax.set_path("PaxHeaders/0.vhd").unwrap();
+        pax.set_size(record.len() as u64);
+        pax.set_cksum();
+        tar.extend_from_slice(pax.as_bytes());
+        tar.extend_from_slice(record);
+        tar.resize(1024, 0);
+        let mut h = tar::Header::new_ustar();
+        h.set_path("0.vhd").unwrap();
+        h.set_size(0);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        tar.extend_from_slice(h.as_bytes());
+        tar.extend_from_slice(&[7u8; 512]);
+        tar.resize(tar.len() + 1024, 0);
+        let (r, d) = unpack_in(&gzip(&tar));
+        let u = r.unwrap();
+        assert_eq!(u.bytes, 512);
+        assert_eq!(std::fs::read(d.path().join("0.vhd")).unwrap(), [7u8; 512]);
+    }
+
+    #[test]
+    fn a_long_name_is_not_read_into_memory_without_bound() {
+        // A GNU long name declaring 80 MiB (80 KB of gzip): the tar reader held it whole.
+        let (r, _d) = unpack_in(&fixture("longname-bomb"));
+        match r {
+            Err(BundleError::Member { name, rule }) => {
+                assert!(name.contains("after byte 0"), "{name}");
+                assert!(
+                    rule.contains(&format!("more than {MAX_META} bytes")),
+                    "{rule}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

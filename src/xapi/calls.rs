@@ -130,12 +130,16 @@ pub enum Value {
 }
 
 type Handler = fn(&Args) -> Result<Value>;
+type Checker = fn(&Args) -> Result<()>;
 
 /// One call: its name, what a 404 means for it, its handler.
 pub struct Call {
     pub name: &'static str,
     pub op: Op,
     pub run: Handler,
+    /// Decode and check the arguments exactly as `run` does before it acts, and stop
+    /// there: no store, SR, XenAPI or file system is touched (the fuzz targets).
+    pub check: Checker,
 }
 
 const GLANCE: &[Call] = &[
@@ -143,31 +147,37 @@ const GLANCE: &[Call] = &[
         name: "download_vhd",
         op: Op::Download,
         run: download_vhd,
+        check: check_download_vhd,
     },
     Call {
         name: "upload_vhd",
         op: Op::Upload,
         run: upload_vhd,
+        check: check_upload_vhd,
     },
     Call {
         name: "download_vhd2",
         op: Op::Download,
         run: download_vhd2,
+        check: check_download_vhd2,
     },
     Call {
         name: "upload_vhd2",
         op: Op::Upload,
         run: upload_vhd2,
+        check: check_upload_vhd2,
     },
     Call {
         name: "copy_kernel_vdi",
         op: Op::Other,
         run: copy_kernel_vdi,
+        check: check_copy_kernel_vdi,
     },
     Call {
         name: "remove_kernel_ramdisk",
         op: Op::Other,
         run: remove_kernel_ramdisk,
+        check: check_remove_kernel_ramdisk,
     },
 ];
 
@@ -176,16 +186,19 @@ const KERNEL: &[Call] = &[
         name: "copy_vdi",
         op: Op::Other,
         run: copy_vdi,
+        check: check_copy_vdi,
     },
     Call {
         name: "create_kernel_ramdisk",
         op: Op::Other,
         run: create_kernel_ramdisk,
+        check: check_create_kernel_ramdisk,
     },
     Call {
         name: "remove_kernel_ramdisk",
         op: Op::Other,
         run: remove_kernel_ramdisk,
+        check: check_remove_kernel_ramdisk,
     },
 ];
 
@@ -350,6 +363,19 @@ fn wrong(key: &str, what: &str, got: &Py) -> CallError {
         "argument {key} must be {what}, not {}",
         got.type_name()
     ))
+}
+
+/// Decode and check the arguments of the glance call `function` from its already
+/// decoded `params` pickle, as the call does before it acts (see [`Call::check`]).
+/// `None` for calls that take no pickle.
+pub fn check_params(function: &str, params: &Py) -> Option<Result<()>> {
+    Some(match function {
+        "download_vhd" => download_vhd_args(params).map(drop),
+        "download_vhd2" => download_vhd2_args(params).map(drop),
+        "upload_vhd" => upload_vhd_args(params).map(drop),
+        "upload_vhd2" => upload_vhd2_args(params).map(drop),
+        _ => return None,
+    })
 }
 
 /// The Folsom-era generation of `download_vhd`/`upload_vhd` is told from Diablo's by
@@ -572,22 +598,44 @@ const DOWNLOAD_VHD2: &[&str] = &[
     "api_version",
 ];
 
+/// `download_vhd`'s arguments, and whether the caller is Diablo (a JSON reply).
+fn download_vhd_args(params: &Py) -> Result<(DownloadArgs, bool)> {
+    if is_folsom(params) {
+        Ok((
+            DownloadArgs::folsom(&Kwargs::bind(params, DOWNLOAD_VHD)?)?,
+            false,
+        ))
+    } else {
+        Ok((DownloadArgs::diablo(&Kwargs::flat(params)?)?, true))
+    }
+}
+
 fn download_vhd(a: &Args) -> Result<Value> {
-    let params = a.params()?;
-    if is_folsom(&params) {
-        let leaf = DownloadArgs::folsom(&Kwargs::bind(&params, DOWNLOAD_VHD)?)?.run()?;
+    let (args, diablo) = download_vhd_args(&a.params()?)?;
+    let leaf = args.run()?;
+    if !diablo {
         return Ok(root_reply(leaf));
     }
-    let leaf = DownloadArgs::diablo(&Kwargs::flat(&params)?)?.run()?;
     // Diablo's `json.dumps(_import_vhds(…))`: the OS disk is the leaf (no swap here).
     let json = serde_json::json!([{"vdi_type": "os", "vdi_uuid": leaf}]);
     Ok(Value::Text(python_json(&json)))
 }
 
+fn check_download_vhd(a: &Args) -> Result<()> {
+    download_vhd_args(&a.params()?).map(drop)
+}
+
+fn download_vhd2_args(params: &Py) -> Result<DownloadArgs> {
+    DownloadArgs::v2(&Kwargs::bind(params, DOWNLOAD_VHD2)?)
+}
+
 fn download_vhd2(a: &Args) -> Result<Value> {
-    let params = a.params()?;
-    let leaf = DownloadArgs::v2(&Kwargs::bind(&params, DOWNLOAD_VHD2)?)?.run()?;
+    let leaf = download_vhd2_args(&a.params()?)?.run()?;
     Ok(root_reply(leaf))
+}
+
+fn check_download_vhd2(a: &Args) -> Result<()> {
+    download_vhd2_args(&a.params()?).map(drop)
 }
 
 /// `json.dumps` with Python's default separators (`", "`, `": "`); keys in insertion
@@ -767,21 +815,43 @@ const UPLOAD_VHD2: &[&str] = &[
     "api_version",
 ];
 
-fn upload_vhd(a: &Args) -> Result<Value> {
-    let params = a.params()?;
-    if is_folsom(&params) {
-        UploadArgs::folsom(&Kwargs::bind(&params, UPLOAD_VHD)?)?.run()?;
-        return Ok(Value::Pickled(Reply::None));
+/// `upload_vhd`'s arguments, and whether the caller is Diablo (an empty-string reply).
+fn upload_vhd_args(params: &Py) -> Result<(UploadArgs, bool)> {
+    if is_folsom(params) {
+        Ok((
+            UploadArgs::folsom(&Kwargs::bind(params, UPLOAD_VHD)?)?,
+            false,
+        ))
+    } else {
+        Ok((UploadArgs::diablo(&Kwargs::flat(params)?)?, true))
     }
-    UploadArgs::diablo(&Kwargs::flat(&params)?)?.run()?;
-    // Diablo: "Nothing useful to return on an upload".
-    Ok(Value::Text(String::new()))
+}
+
+fn upload_vhd(a: &Args) -> Result<Value> {
+    let (args, diablo) = upload_vhd_args(&a.params()?)?;
+    args.run()?;
+    if diablo {
+        // Diablo: "Nothing useful to return on an upload".
+        return Ok(Value::Text(String::new()));
+    }
+    Ok(Value::Pickled(Reply::None))
+}
+
+fn check_upload_vhd(a: &Args) -> Result<()> {
+    upload_vhd_args(&a.params()?).map(drop)
+}
+
+fn upload_vhd2_args(params: &Py) -> Result<UploadArgs> {
+    UploadArgs::v2(&Kwargs::bind(params, UPLOAD_VHD2)?)
 }
 
 fn upload_vhd2(a: &Args) -> Result<Value> {
-    let params = a.params()?;
-    UploadArgs::v2(&Kwargs::bind(&params, UPLOAD_VHD2)?)?.run()?;
+    upload_vhd2_args(&a.params()?)?.run()?;
     Ok(Value::Pickled(Reply::None))
+}
+
+fn check_upload_vhd2(a: &Args) -> Result<()> {
+    upload_vhd2_args(&a.params()?).map(drop)
 }
 
 // ---- kernel ----
@@ -819,26 +889,50 @@ fn copy_vdi(a: &Args) -> Result<Value> {
     CopyArgs::parse(a, true)?.run(a)
 }
 
+fn check_copy_vdi(a: &Args) -> Result<()> {
+    CopyArgs::parse(a, true).map(drop)
+}
+
 fn copy_kernel_vdi(a: &Args) -> Result<Value> {
     CopyArgs::parse(a, false)?.run(a)
 }
 
+fn check_copy_kernel_vdi(a: &Args) -> Result<()> {
+    CopyArgs::parse(a, false).map(drop)
+}
+
+/// `cached-image`, `new-image-uuid`.
+fn create_kernel_ramdisk_args<'a>(a: &Args<'a>) -> Result<(&'a str, &'a str)> {
+    Ok((a.exists("cached-image")?, a.exists("new-image-uuid")?))
+}
+
 fn create_kernel_ramdisk(a: &Args) -> Result<Value> {
-    let cached = a.exists("cached-image")?;
-    let new = a.exists("new-image-uuid")?;
+    let (cached, new) = create_kernel_ramdisk_args(a)?;
     let made = kernel::create_kernel_ramdisk(cached, new)?;
     Ok(Value::Text(
         made.map(|p| p.display().to_string()).unwrap_or_default(),
     ))
 }
 
-fn remove_kernel_ramdisk(a: &Args) -> Result<Value> {
-    let files: Vec<&str> = [a.optional("kernel-file")?, a.optional("ramdisk-file")?]
+fn check_create_kernel_ramdisk(a: &Args) -> Result<()> {
+    create_kernel_ramdisk_args(a).map(drop)
+}
+
+/// `kernel-file`, `ramdisk-file`: the ones given.
+fn remove_kernel_ramdisk_args<'a>(a: &Args<'a>) -> Result<Vec<&'a str>> {
+    Ok([a.optional("kernel-file")?, a.optional("ramdisk-file")?]
         .into_iter()
         .flatten()
-        .collect();
-    kernel::remove_kernel_ramdisk(&files)?;
+        .collect())
+}
+
+fn remove_kernel_ramdisk(a: &Args) -> Result<Value> {
+    kernel::remove_kernel_ramdisk(&remove_kernel_ramdisk_args(a)?)?;
     Ok(Value::Text("ok".into()))
+}
+
+fn check_remove_kernel_ramdisk(a: &Args) -> Result<()> {
+    remove_kernel_ramdisk_args(a).map(drop)
 }
 
 #[cfg(test)]
@@ -882,5 +976,46 @@ mod tests {
         assert_eq!(kw.string("image_id").unwrap(), "img");
         assert_eq!(kw.string("sr_path").unwrap(), "/sr");
         assert!(matches!(kw.string("endpoint"), Err(CallError::Missing(k)) if k == "endpoint"));
+    }
+
+    #[test]
+    fn arguments_are_checked_without_running() {
+        let s = |v: &str| Py::Str(v.into());
+        let kwargs = |extra: Vec<(Py, Py)>| {
+            let mut kw = vec![
+                (s("image_id"), s("img")),
+                (s("endpoint"), s("http://glance:9292")),
+                (s("uuid_stack"), Py::List(vec![s("u-1")])),
+                (s("sr_path"), s("/sr")),
+            ];
+            kw.extend(extra);
+            Py::Dict(vec![(s("kwargs"), Py::Dict(kw))])
+        };
+        assert!(matches!(
+            check_params("download_vhd2", &kwargs(vec![])),
+            Some(Ok(()))
+        ));
+        let bad = kwargs(vec![(
+            s("extra_headers"),
+            Py::Dict(vec![(s("X-A"), s("a\r\nInjected: 1"))]),
+        )]);
+        assert!(matches!(
+            check_params("download_vhd2", &bad),
+            Some(Err(CallError::Argument(m))) if m.contains("extra_headers")
+        ));
+        assert!(matches!(
+            check_params("upload_vhd2", &kwargs(vec![])),
+            Some(Err(CallError::Missing(k))) if k == "vdi_uuids"
+        ));
+        assert!(check_params("copy_vdi", &kwargs(vec![])).is_none());
+        let members = [
+            ("vdi-ref".to_string(), XValue::Str("OpaqueRef:v".into())),
+            ("image-size".to_string(), XValue::Str("x".into())),
+        ];
+        let entry = lookup("kernel", "copy_vdi").unwrap();
+        assert!(matches!(
+            (entry.check)(&Args::new("s", &members)),
+            Err(CallError::Argument(m)) if m.contains("image-size")
+        ));
     }
 }

@@ -7,7 +7,11 @@
 //! and buffers are refused outright. `DUP`, `POP` and a memo store of what is already a
 //! memo reference are refused too: Python's pickler never writes them, and in
 //! `serde-pickle` each one deep-copies a value, so a few bytes of them could demand
-//! gigabytes. Sharing through the memo is expanded on conversion (serde-pickle visits an
+//! gigabytes. Protocol 0's quoted `STRING`s are decoded by the screen as Python decodes
+//! them (quotes required; `\'`, `\"`, octal and the other escapes Python 2's `repr`
+//! writes) and handed on as `BINSTRING`s: serde-pickle's own reading of them accepts
+//! unquoted text and refuses `\'`, which Python 2 writes for a string holding both quote
+//! characters. Sharing through the memo is expanded on conversion (serde-pickle visits an
 //! entry at most as often as the stream references it, so never exponentially); every
 //! byte is charged against a budget, and nesting is capped. Decoding runs on a thread with a large stack
 //! so a deeply nested hostile pickle (whose values are dropped recursively) cannot
@@ -119,8 +123,7 @@ pub fn decode(data: &[u8]) -> Result<Py, PickleError> {
     if data.len() > MAX_PICKLE {
         return Err(PickleError::TooLarge(data.len()));
     }
-    screen(data)?;
-    let data = data.to_vec();
+    let data = screen(data)?;
     std::thread::Builder::new()
         .name("pickle".into())
         .stack_size(STACK)
@@ -226,7 +229,9 @@ fn opcode(op: u8) -> Result<(Arg, Effect), &'static str> {
 
 /// Walk the opcodes: only plain-data opcodes, arguments inside the input, one `STOP` at
 /// the very end, and no memo store of a memo reference (each would be a deep copy).
-fn screen(data: &[u8]) -> Result<(), PickleError> {
+/// Returns the pickle to decode: `data` with each `STRING` turned into a `BINSTRING`.
+fn screen(data: &[u8]) -> Result<Vec<u8>, PickleError> {
+    let mut out = Vec::with_capacity(data.len());
     // Per stack slot: is it a memo reference? Marks split the stack as in the VM.
     let mut stack: Vec<bool> = Vec::new();
     let mut marks: Vec<usize> = Vec::new();
@@ -264,6 +269,20 @@ fn screen(data: &[u8]) -> Result<(), PickleError> {
                 need(end, len)?
             }
         };
+        if op == b'S' {
+            let bytes = python_string(&data[at + 1..pos - 1])
+                .map_err(|why| malformed(format!("STRING at byte {at}: {why}")))?;
+            // Never longer than its literal, itself inside MAX_PICKLE.
+            let len = u32::try_from(bytes.len())
+                .ok()
+                .filter(|&l| l <= i32::MAX as u32)
+                .ok_or_else(|| malformed(format!("STRING at byte {at} is too long")))?;
+            out.push(b'T');
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&bytes);
+        } else {
+            out.extend_from_slice(&data[at..pos]);
+        }
         let underflow = || malformed(format!("stack underflow at byte {at}"));
         let base = marks.last().copied().unwrap_or(0);
         match effect {
@@ -309,11 +328,71 @@ fn screen(data: &[u8]) -> Result<(), PickleError> {
                 if stack.len() != 1 || !marks.is_empty() {
                     return Err(malformed("STOP with an unbalanced stack".into()));
                 }
-                return Ok(());
+                return Ok(out);
             }
         }
     }
     Err(malformed("no STOP opcode".into()))
+}
+
+/// A protocol-0 `STRING` argument (the line without its newline) as Python reads it:
+/// quoted with `'` or `"` at both ends, then `codecs.escape_decode` (Python 2's
+/// `string-escape`): `\\ \' \" \a \b \f \n \r \t \v`, `\xHH`, octal `\o`…`\ooo`
+/// up to `\377`; any other escape stays as written, backslash included.
+fn python_string(lit: &[u8]) -> Result<Vec<u8>, String> {
+    let inner = match lit {
+        [q, inner @ .., e] if q == e && (*q == b'\'' || *q == b'"') => inner,
+        _ => return Err("the argument must be quoted".into()),
+    };
+    let mut out = Vec::with_capacity(inner.len());
+    let mut i = 0;
+    while i < inner.len() {
+        let b = inner[i];
+        i += 1;
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let Some(&e) = inner.get(i) else {
+            return Err("a trailing backslash".into());
+        };
+        i += 1;
+        match e {
+            b'\\' | b'\'' | b'"' => out.push(e),
+            b'a' => out.push(0x07),
+            b'b' => out.push(0x08),
+            b'f' => out.push(0x0c),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(0x0b),
+            b'x' => {
+                let hex = |at: usize| inner.get(at).and_then(|&c| (c as char).to_digit(16));
+                match (hex(i), hex(i + 1)) {
+                    (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                    _ => return Err(format!("invalid \\x escape at byte {}", i - 2)),
+                }
+                i += 2;
+            }
+            b'0'..=b'7' => {
+                let mut v = u32::from(e - b'0');
+                for _ in 0..2 {
+                    match inner.get(i) {
+                        Some(&d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                let v = u8::try_from(v)
+                    .map_err(|_| format!("octal escape \\{v:o} is beyond a byte"))?;
+                out.push(v);
+            }
+            _ => out.extend_from_slice(&[b'\\', e]),
+        }
+    }
+    Ok(out)
 }
 
 // ---- conversion with depth and budget ----
@@ -545,6 +624,49 @@ mod tests {
         assert_eq!(kw.get("n"), Some(&Py::Int(3)));
         assert_eq!(kw.get("l"), Some(&Py::List(vec![Py::Str("a".into())])));
         assert_eq!(v.get("args"), Some(&Py::List(vec![])));
+    }
+
+    #[test]
+    fn strings_are_read_as_python_reads_them() {
+        // Python 2: pickle.dumps({'k': 'a\'b"c', 'j': "it's"}): a string with both
+        // quote characters is written with \' (serde-pickle refused it).
+        let p = b"(dp0\nS'k'\np1\nS'a\\'b\"c'\np2\nsS'j'\np3\nS\"it's\"\np4\ns.";
+        let v = decode(p).unwrap();
+        assert_eq!(v.get("k"), Some(&Py::Str("a'b\"c".into())));
+        assert_eq!(v.get("j"), Some(&Py::Str("it's".into())));
+        let one = |lit: &str| decode(format!("S{lit}\n.").as_bytes());
+        assert_eq!(
+            one(r"'\t\n\r\\\x41\101\7\q\a'").unwrap(),
+            Py::Str("\t\n\r\\AA\u{7}\\q\u{7}".into())
+        );
+        assert_eq!(one("''").unwrap(), Py::Str(String::new()));
+        // What Python refuses ("the STRING opcode argument must be quoted", "invalid \x
+        // escape", "Trailing \ in string"); serde-pickle took an unquoted one as text.
+        for (bad, why) in [
+            ("'r", "quoted"),
+            ("r", "quoted"),
+            ("'", "quoted"),
+            ("'a\"", "quoted"),
+            (r"'\x4'", "\\x escape"),
+            (r"'a\'", "trailing backslash"),
+            (r"'\400'", "beyond a byte"),
+        ] {
+            match one(bad) {
+                Err(PickleError::Malformed(m)) => assert!(m.contains(why), "{bad}: {m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // The fuzz find: an unquoted key came back from our reply as S'\'r', which did
+        // not decode. Every reply string decodes to itself.
+        let fixture = include_bytes!("../../tests/fixtures/fuzz/pickle_params-unquoted-string.bin");
+        assert!(matches!(decode(fixture), Err(PickleError::Malformed(_))));
+        for s in ["'r", "a'b\"c", "\\", "\\'", "x\\x41"] {
+            let r = Reply::Str(s.into());
+            assert_eq!(
+                decode(encode(&r).unwrap().as_bytes()).unwrap(),
+                Py::Str(s.into())
+            );
+        }
     }
 
     #[test]

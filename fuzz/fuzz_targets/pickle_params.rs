@@ -1,0 +1,45 @@
+//! Fuzz the `params` pickle decoder and the argument screening that follows it.
+//!
+//! The input is the pickle. `pickle::decode` must refuse anything but plain data with
+//! an error (never a panic, a deep recursion or an allocation beyond its budget); a
+//! decoded value then goes through what each pickle-taking glance call does with it
+//! (`calls::check_params`: `args`/`kwargs` binding, the typed keyword screening of
+//! hosts, ports, headers, paths, UUID lists and properties), stopping before anything
+//! would run. The reply encoder is fuzzed on the decoded strings too.
+
+#![no_main]
+
+use glance_vhd::xapi::calls::check_params;
+use glance_vhd::xapi::pickle::{decode, encode, Py, Reply};
+use libfuzzer_sys::fuzz_target;
+
+const CALLS: [&str; 4] = ["download_vhd", "download_vhd2", "upload_vhd", "upload_vhd2"];
+
+/// The decoded value as a reply (strings and dicts of them), for the encoder.
+fn reply(v: &Py) -> Reply {
+    match v {
+        Py::Dict(items) => Reply::Dict(
+            items
+                .iter()
+                .map(|(k, v)| (k.to_python_str().unwrap_or_default(), reply(v)))
+                .collect(),
+        ),
+        Py::None => Reply::None,
+        other => Reply::Str(other.to_python_str().unwrap_or_default()),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(v) = decode(data) else { return };
+    for f in CALLS {
+        let _ = check_params(f, &v).expect("a pickle-taking call");
+    }
+    // What we encode must decode to the same strings.
+    let r = reply(&v);
+    if let Ok(p) = encode(&r) {
+        match decode(p.as_bytes()) {
+            Ok(back) => assert_eq!(reply(&back), r, "{p:?}"),
+            Err(e) => panic!("our own reply does not decode: {e}\n{p:?}"),
+        }
+    }
+});
