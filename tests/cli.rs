@@ -692,29 +692,12 @@ fn connections(count_file: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// An image with data in the real Glance, uploaded by the plain client.
-fn glance_image(tgz: &Path) -> String {
-    let o = common::glance_client(&[
-        "create",
-        "glance-vhd-retry",
-        "--disk-format",
-        "vhd",
-        "--container-format",
-        "ovf",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let id = stdout(&o).trim().to_string();
-    let o = common::glance_client(&["upload", &id, tgz.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    id
-}
-
 #[test]
 fn download_retries_move_to_the_next_endpoint() {
     let _turn = common::glance_turn();
     let s = Scratch::new(2);
     let url = s.image("img.tgz");
-    let id = glance_image(Path::new(url.trim_start_matches("file://")));
+    let id = common::glance_image(Some(Path::new(url.trim_start_matches("file://"))));
     let (count_a, count_b) = (s.path("a.count"), s.path("b.count"));
     // A resets its first 2 connections, B its first 1: A, B, A fail; B's second works.
     let a = Peer::flaky_proxy(common::glance_port(), 2, &count_a);

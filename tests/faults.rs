@@ -239,24 +239,6 @@ fn offsets(tgz: &Path) -> Vec<(String, u64)> {
     }
 }
 
-fn glance_image(tgz: &Path) -> String {
-    let o = common::glance_client(&[
-        "create",
-        "glance-vhd-faults",
-        "--disk-format",
-        "vhd",
-        "--container-format",
-        "ovf",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let id = stdout(&o).trim().to_string();
-    if !tgz.as_os_str().is_empty() {
-        let o = common::glance_client(&["upload", &id, tgz.to_str().unwrap()]);
-        assert!(o.status.success(), "{}", stderr(&o));
-    }
-    id
-}
-
 fn glance_record(id: &str) -> serde_json::Value {
     let o = common::glance_client(&["show", id]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -276,7 +258,7 @@ fn download_faults_leave_the_sr_untouched() {
     let mut report = Report::new("download");
     let site = Site::new();
     let tgz = site.tarball("img.tgz");
-    let id = glance_image(&tgz);
+    let id = common::glance_image(Some(&tgz));
     let before = site.snapshot();
     let log = site.path("proxy.log");
     let lock = site.lock_dir();
@@ -452,7 +434,7 @@ fn upload_faults_never_activate_a_partial_image() {
     let faults: &[&str] = if full() { &["cut", "reset"] } else { &["cut"] };
     for (label, at) in offsets(&local) {
         for fault in faults {
-            let id = glance_image(Path::new(""));
+            let id = common::glance_image(None);
             let proxy = fault_proxy("upload", fault, at, &log);
             let o = upload(&proxy, &id, &["--retries", "0", "--idle-timeout", "10"]);
             let what = format!("{fault} at {at} ({label})");
@@ -469,7 +451,7 @@ fn upload_faults_never_activate_a_partial_image() {
         }
     }
     // A stall: the idle timeout fires (on the write, or on the wait for an answer).
-    let id = glance_image(Path::new(""));
+    let id = common::glance_image(None);
     let proxy = fault_proxy("upload", "stall", 5000, &log);
     let t = Instant::now();
     let o = upload(&proxy, &id, &["--retries", "0", "--idle-timeout", "2"]);
@@ -488,7 +470,7 @@ fn upload_faults_never_activate_a_partial_image() {
         ),
     );
     // A drip: the deadline fires.
-    let id = glance_image(Path::new(""));
+    let id = common::glance_image(None);
     let proxy = fault_proxy("upload", "drip", 2000, &log);
     let t = Instant::now();
     let o = upload(
@@ -511,7 +493,7 @@ fn upload_faults_never_activate_a_partial_image() {
         ),
     );
     // One fault, one retry: active, with the checksum of what we sent.
-    let id = glance_image(Path::new(""));
+    let id = common::glance_image(None);
     let proxy = fault_proxy("upload", "reset", 3000, &log);
     let o = upload(
         &proxy,
@@ -532,7 +514,7 @@ fn upload_faults_never_activate_a_partial_image() {
     );
     // The whole upload arrived but its answer was lost: the retry finds the image
     // active with exactly our bytes and calls it done, sending nothing twice.
-    let id = glance_image(Path::new(""));
+    let id = common::glance_image(None);
     let proxy = fault_proxy("upload-answer", "cut", 0, &log);
     let o = upload(
         &proxy,
@@ -752,7 +734,7 @@ fn concurrent_runs_stay_correct() {
     let before = site.snapshot();
     // Four images (the same chain, uploaded four times: four ids, four imports).
     let ids: Vec<String> = (0..4)
-        .map(|i| glance_image(&site.tarball(&format!("img{i}.tgz"))))
+        .map(|i| common::glance_image(Some(&site.tarball(&format!("img{i}.tgz")))))
         .collect();
     let runs: Vec<Child> = ids
         .iter()

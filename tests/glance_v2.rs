@@ -27,25 +27,6 @@ fn record(id: &str) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-/// A new queued image, optionally with data uploaded by the plain client.
-fn image(data: Option<&Path>) -> String {
-    let o = client(&[
-        "create",
-        "glance-vhd-test",
-        "--disk-format",
-        "vhd",
-        "--container-format",
-        "ovf",
-    ]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let id = common::stdout(&o).trim().to_string();
-    if let Some(f) = data {
-        let o = client(&["upload", &id, f.to_str().unwrap()]);
-        assert!(o.status.success(), "{}", common::stderr(&o));
-    }
-    id
-}
-
 struct Work {
     dir: tempfile::TempDir,
     samples: tempfile::TempDir,
@@ -172,7 +153,7 @@ fn download_every_layout_made_by_gnu_tar() {
         ),
     ] {
         let tgz = w.tarball(&files);
-        let id = image(Some(&tgz));
+        let id = common::glance_image(Some(&tgz));
         let sr = w.sr(&format!("{:08x}", expect.len() * 1000 + files.len()));
         let before = listing(&sr);
         let o = w.download(&id, &sr, &["--json"]);
@@ -229,7 +210,7 @@ fn download_failures_leave_the_sr_untouched() {
     let o = w.download("5a5a5a5a-0000-4000-8000-000000000000", &sr, &[]);
     assert_eq!(o.status.code(), Some(4), "{}", common::stderr(&o));
     // An image without data: Glance answers 204.
-    let id = image(None);
+    let id = common::glance_image(None);
     let o = w.download(&id, &sr, &[]);
     assert!(!o.status.success());
     assert!(
@@ -250,14 +231,14 @@ fn download_failures_leave_the_sr_untouched() {
         .status()
         .unwrap()
         .success());
-    let id = image(Some(&bad));
+    let id = common::glance_image(Some(&bad));
     let o = w.download(&id, &sr, &[]);
     assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
     assert!(common::stderr(&o).contains("symlink"));
     assert_eq!(listing(&sr), ["existing.vhd"]);
     // The connection cut in the middle of the body (a loopback proxy).
     let tgz = w.tarball(&[("0.vhd", "child.vhd"), ("1.vhd", "parent.vhd")]);
-    let id = image(Some(&tgz));
+    let id = common::glance_image(Some(&tgz));
     let port = common::glance_port().to_string();
     for cut in ["300", "2000", "9000"] {
         let proxy = common::Peer::cut_proxy(&port, cut, false);
@@ -433,7 +414,7 @@ fn upload_failures_never_leave_an_active_image() {
     assert_eq!(o.status.code(), Some(4), "{}", common::stderr(&o));
     // Already active: refused before any data, permanent.
     let tgz = w.tarball(&[("0.vhd", "parent.vhd")]);
-    let active = image(Some(&tgz));
+    let active = common::glance_image(Some(&tgz));
     let before = record(&active);
     let o = up(&active, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", common::stderr(&o));
@@ -445,7 +426,7 @@ fn upload_failures_never_leave_an_active_image() {
     assert_eq!(record(&active)["checksum"], before["checksum"]);
     // The stream breaking half-way: Glance sees a broken upload, the image is not active.
     for after in ["0", "3000"] {
-        let id = image(None);
+        let id = common::glance_image(None);
         let o = up(&id, &[("GLANCE_VHD_TEST_FAIL_UPLOAD_AFTER", after)]);
         assert!(!o.status.success(), "after {after}: accepted");
         assert!(
@@ -462,7 +443,7 @@ fn upload_failures_never_leave_an_active_image() {
     for cut in ["2000", "12000"] {
         let proxy = common::Peer::cut_proxy(&port, cut, true);
         let url = proxy.url();
-        let id = image(None);
+        let id = common::glance_image(None);
         let mut args = vec![
             "upload",
             "--endpoint",

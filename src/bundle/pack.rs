@@ -57,14 +57,19 @@ pub fn pack_with<W: Write>(
     let gz = ParGzWriter::new(out, opts.level, opts.threads)?;
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Complete);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
+    // The ./ entry takes the newest member's mtime, not the clock (GNU tar would record
+    // the staging directory's): the same chain then packs to the same bytes — the same
+    // checksum in the store, and exact offsets for the fault suite.
+    let newest = members
+        .iter()
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .map(|m| m.mtime().max(0) as u64)
+        .max()
         .unwrap_or(0);
     let mut dir = tar::Header::new_gnu();
     dir.set_entry_type(tar::EntryType::Directory);
     dir.set_mode(0o755);
-    dir.set_mtime(now);
+    dir.set_mtime(newest);
     dir.set_size(0);
     set_name(&mut dir, "./")?;
     dir.set_cksum();

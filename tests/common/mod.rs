@@ -270,6 +270,26 @@ pub fn glance_url() -> &'static str {
     })
 }
 
+/// A new vhd/ovf image in the test Glance, with `tgz` uploaded by the plain client as
+/// its data (or queued, without data, if `tgz` is `None`); its id.
+pub fn glance_image(tgz: Option<&Path>) -> String {
+    let o = glance_client(&[
+        "create",
+        "glance-vhd-test",
+        "--disk-format",
+        "vhd",
+        "--container-format",
+        "ovf",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    if let Some(f) = tgz {
+        let o = glance_client(&["upload", &id, f.to_str().expect("a UTF-8 path")]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    id
+}
+
 /// The test Glance's port (for the proxies in front of it).
 pub fn glance_port() -> u16 {
     glance_url()
