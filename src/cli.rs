@@ -770,6 +770,11 @@ impl Summary {
         }
     }
 
+    /// The summary line on stderr (not with `--quiet`).
+    fn say(&self, what: &str) {
+        say(0, &self.line(what));
+    }
+
     /// `<what>: 1.20 GiB in 14.2 s (86.40 MiB/s), md5 …, 2 attempts`
     fn line(&self, what: &str) -> String {
         use indicatif::HumanBytes;
@@ -993,15 +998,12 @@ fn download(a: &DownloadArgs) -> ExitCode {
         &d.stream,
         took,
     );
-    say(
-        0,
-        &summary.line(&format!(
-            "{what}: {} into {} (leaf {})",
-            vhds(imp.uuids.len()),
-            a.sr_path.display(),
-            imp.root_uuid()
-        )),
-    );
+    summary.say(&format!(
+        "{what}: {} into {} (leaf {})",
+        vhds(imp.uuids.len()),
+        a.sr_path.display(),
+        imp.root_uuid()
+    ));
     if a.json {
         print_json(&DownloadReport {
             root: Root {
@@ -1138,14 +1140,11 @@ fn upload(a: &UploadArgs) -> ExitCode {
         &up.stream,
         took,
     );
-    say(
-        0,
-        &summary.line(&format!(
-            "{what}: {} (leaf {})",
-            vhds(up.uuids.len()),
-            up.uuids.first().map_or("-", String::as_str)
-        )),
-    );
+    summary.say(&format!(
+        "{what}: {} (leaf {})",
+        vhds(up.uuids.len()),
+        up.uuids.first().map_or("-", String::as_str)
+    ));
     if a.json {
         print_json(&serde_json::json!({
             "image_id": image_id,

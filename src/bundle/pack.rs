@@ -47,25 +47,22 @@ pub fn pack_with<W: Write>(
     opts: PackOptions,
     progress: Option<Arc<Progress>>,
 ) -> io::Result<W> {
+    // One look at the members up front: their total size (the progress total) and the
+    // newest mtime. The ./ entry takes that mtime, not the clock (GNU tar would record
+    // the staging directory's): the same chain then packs to the same bytes — the same
+    // checksum in the store, and exact offsets for the fault suite.
+    let (total, newest) = members
+        .iter()
+        .filter_map(|(_, path)| std::fs::metadata(path).ok())
+        .fold((0u64, 0u64), |(t, n), m| {
+            (t.saturating_add(m.len()), n.max(m.mtime().max(0) as u64))
+        });
     if let Some(p) = &progress {
-        let total = members
-            .iter()
-            .filter_map(|(_, path)| std::fs::metadata(path).ok())
-            .fold(0u64, |t, m| t.saturating_add(m.len()));
         p.set_total(total);
     }
     let gz = ParGzWriter::new(out, opts.level, opts.threads)?;
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Complete);
-    // The ./ entry takes the newest member's mtime, not the clock (GNU tar would record
-    // the staging directory's): the same chain then packs to the same bytes — the same
-    // checksum in the store, and exact offsets for the fault suite.
-    let newest = members
-        .iter()
-        .filter_map(|(_, p)| std::fs::metadata(p).ok())
-        .map(|m| m.mtime().max(0) as u64)
-        .max()
-        .unwrap_or(0);
     let mut dir = tar::Header::new_gnu();
     dir.set_entry_type(tar::EntryType::Directory);
     dir.set_mode(0o755);
