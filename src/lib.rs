@@ -14,5 +14,6 @@ pub mod retry;
 pub mod sr;
 pub mod store;
 pub mod stream;
+pub mod testhooks;
 pub mod vhd;
 pub mod xapi;

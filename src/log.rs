@@ -28,9 +28,7 @@ pub enum Level {
 /// The syslog socket; `GLANCE_VHD_SYSLOG_SOCKET` points it elsewhere (tests bind their
 /// own datagram socket to read what an admin would see in `/var/log/messages`).
 fn syslog_socket() -> std::path::PathBuf {
-    std::env::var_os("GLANCE_VHD_SYSLOG_SOCKET")
-        .map(Into::into)
-        .unwrap_or_else(|| "/dev/log".into())
+    crate::testhooks::path_or(crate::testhooks::SYSLOG_SOCKET, "/dev/log")
 }
 
 /// One line to syslog only (RFC 3164 without a timestamp: the daemon adds its own).

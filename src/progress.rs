@@ -17,12 +17,7 @@ use crate::log;
 /// How often long transfers log a progress line to syslog: 30 s;
 /// `GLANCE_VHD_PROGRESS_INTERVAL` (seconds) for tests.
 pub fn log_interval() -> Duration {
-    let secs = std::env::var("GLANCE_VHD_PROGRESS_INTERVAL")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|s| *s > 0.0 && *s < 86400.0)
-        .unwrap_or(30.0);
-    Duration::from_secs_f64(secs)
+    crate::testhooks::progress_interval()
 }
 
 /// What has been transferred so far.

@@ -198,23 +198,6 @@ pub fn import<R: Read>(
     })
 }
 
-/// Test hook (README "Testing hooks"): with `GLANCE_VHD_TEST_PAUSE=<phase>:<n>` the
-/// process stops at step `n` of `phase` — `relink` before relinking file n, `move`
-/// before linking file n into the SR (0: the base) — after creating the file named by
-/// `GLANCE_VHD_TEST_PAUSE_MARK`, so a crash test can `kill -9` it exactly there.
-pub(crate) fn test_pause(phase: &str, n: usize) {
-    let Ok(want) = std::env::var("GLANCE_VHD_TEST_PAUSE") else {
-        return;
-    };
-    if want != format!("{phase}:{n}") {
-        return;
-    }
-    if let Some(mark) = std::env::var_os("GLANCE_VHD_TEST_PAUSE_MARK") {
-        let _ = std::fs::write(mark, &want);
-    }
-    std::thread::sleep(std::time::Duration::from_secs(600));
-}
-
 /// Relink each file to the next (native `vhd-util modify -p`), then validate every file
 /// and the chain: the base has no parent, parent UUIDs match, no loops, depth ≤ 16, the
 /// leaf is not hidden.
@@ -228,7 +211,7 @@ fn link_and_validate(files: &[PathBuf], members: &[String]) -> Result<()> {
         }
     };
     for (i, pair) in files.windows(2).enumerate() {
-        test_pause("relink", i);
+        crate::testhooks::pause("relink", i);
         vhd::relink::set_parent(&pair[0], &pair[1], false).map_err(chain_err(i))?;
     }
     let opts = CheckOptions {
@@ -383,9 +366,7 @@ pub fn upload(
     let (writer, reader) = crate::stream::pipe(8);
     // Test hook (README "Testing hooks"): break the stream after N bytes, to show that
     // a failed upload is never terminated.
-    let fail_after = std::env::var("GLANCE_VHD_TEST_FAIL_UPLOAD_AFTER")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok());
+    let fail_after = crate::testhooks::fail_upload_after();
     let (sent, produced) = std::thread::scope(|s| {
         let members = &exported.members;
         let producer = s.spawn(move || {

@@ -84,7 +84,7 @@ impl Staging {
             std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644))
                 .map_err(io_err(f, "set the mode"))?;
             let to = sr.join(name);
-            super::test_pause("move", done.len());
+            crate::testhooks::pause("move", done.len());
             if let Err(e) = std::fs::hard_link(f, &to) {
                 for p in &done {
                     let _ = std::fs::remove_file(p);

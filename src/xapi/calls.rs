@@ -490,11 +490,9 @@ fn sr_path(kw: &Kwargs) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// `/var/lock/sm`; `GLANCE_VHD_LOCK_DIR` for tests.
+/// `/var/lock/sm`; `GLANCE_VHD_LOCK_DIR` for tests ([`crate::testhooks`]).
 fn lock_dir() -> PathBuf {
-    std::env::var_os("GLANCE_VHD_LOCK_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lock/sm"))
+    crate::testhooks::path_or(crate::testhooks::LOCK_DIR, "/var/lock/sm")
 }
 
 // ---- download ----

@@ -20,6 +20,7 @@ use super::log;
 use super::xenapi::{record, XenApi, XenApiError};
 use super::xmlrpc::XValue;
 use crate::error::{ErrorKind, Kind};
+use crate::testhooks;
 
 const BOOT_GUEST: &str = "/boot/guest";
 /// The old plugin retried `DEVICE_DETACH_REJECTED` forever; xapi has no timeout, so we
@@ -78,15 +79,11 @@ fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> KernelErro
 
 /// `/boot/guest`, or the test root.
 pub fn boot_dir() -> PathBuf {
-    std::env::var_os("GLANCE_VHD_BOOT_GUEST")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(BOOT_GUEST))
+    testhooks::path_or(testhooks::BOOT_GUEST, BOOT_GUEST)
 }
 
 fn dev_dir() -> PathBuf {
-    std::env::var_os("GLANCE_VHD_DEV_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/dev"))
+    testhooks::path_or(testhooks::DEV_DIR, "/dev")
 }
 
 /// A name that stays inside the directory it is joined to.

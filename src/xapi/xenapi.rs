@@ -75,8 +75,8 @@ pub struct XenApi {
 impl XenApi {
     /// Use the caller's session on the local xapi.
     pub fn local(session: &str) -> Result<XenApi, XenApiError> {
-        let socket = match std::env::var_os("GLANCE_VHD_XAPI_SOCKET") {
-            Some(p) => PathBuf::from(p),
+        let socket = match crate::testhooks::path(crate::testhooks::XAPI_SOCKET) {
+            Some(p) => p,
             None => SOCKETS
                 .iter()
                 .map(PathBuf::from)
