@@ -1,6 +1,7 @@
 //! The small, stable error kind that every module's error maps to. Exit codes and the
 //! plugin's failure classes come from this kind, never from message text.
 
+use std::error::Error as StdError;
 use std::process::ExitCode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,5 +61,42 @@ impl ErrorKind {
             ErrorKind::Locked => exit::LOCKED,
             ErrorKind::Io | ErrorKind::Permanent => exit::FAILURE,
         }
+    }
+}
+
+/// `error: cause: cause`: the one way an error is printed, by the CLI (stderr, `--json`)
+/// and the plugin (`ErrorDescription`, syslog). A cause whose message the text already
+/// ends with is left out: a wrapper that repeats its source's message (ureq's
+/// `Io(e)`, a `{0}` variant) would otherwise print it twice.
+pub fn chain(err: &dyn StdError) -> String {
+    let mut msg = err.to_string();
+    let mut src = err.source();
+    while let Some(s) = src {
+        let s_msg = s.to_string();
+        if !msg.ends_with(&s_msg) {
+            msg.push_str(": ");
+            msg.push_str(&s_msg);
+        }
+        src = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open /x")]
+    struct Outer(#[source] Repeats);
+
+    #[test]
+    fn chain_names_each_cause_once() {
+        let e = Outer(Repeats(std::io::Error::other("disk on fire")));
+        assert_eq!(chain(&e), "cannot open /x: disk on fire");
     }
 }

@@ -15,5 +15,6 @@ pub mod sr;
 pub mod store;
 pub mod stream;
 pub mod testhooks;
+pub mod transfer;
 pub mod vhd;
 pub mod xapi;

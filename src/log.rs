@@ -4,14 +4,13 @@
 //! * Plugin mode: every line goes to stderr (xapi keeps it in its own log when a call
 //!   fails) and to syslog, as the Python plugins logged through
 //!   `SysLogHandler('/dev/log')`.
-//! * CLI: stderr as `glance-vhd: <message>`, filtered by `--quiet`/`-v`
-//!   ([`set_verbosity`]); long transfers also send progress lines to syslog only
-//!   ([`syslog`]) so an admin can follow a 02:00 cron job with `tail -f`.
+//! * CLI: its messages go to stderr through `cli::output` (verbosity, the progress
+//!   bar); long transfers also send progress lines to syslog only ([`syslog`]) so an
+//!   admin can follow a 02:00 cron job with `tail -f`.
 //!
 //! A missing or full syslog is ignored: a log line never fails a call.
 
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicI8, Ordering};
 
 const IDENT: &str = "glance-vhd";
 /// Facility `user`, as Python's `SysLogHandler` defaults to.
@@ -56,23 +55,4 @@ pub fn warn(msg: &str) {
 
 pub fn error(msg: &str) {
     log(Level::Error, msg)
-}
-
-/// CLI verbosity: -1 `--quiet` (errors only), 0 default (warnings and the summary),
-/// 1 `-v` (each step), 2 `-vv` (each request).
-static VERBOSITY: AtomicI8 = AtomicI8::new(0);
-
-pub fn set_verbosity(v: i8) {
-    VERBOSITY.store(v, Ordering::Relaxed);
-}
-
-pub fn verbosity() -> i8 {
-    VERBOSITY.load(Ordering::Relaxed)
-}
-
-/// A CLI message on stderr if the verbosity is at least `min`.
-pub fn say(min: i8, msg: &str) {
-    if verbosity() >= min {
-        crate::progress::suspend(|| eprintln!("{IDENT}: {msg}"));
-    }
 }

@@ -80,9 +80,9 @@ pub fn pause(phase: &str, n: usize) {
 /// [`FAIL`]: an injected EIO at step `n` of `phase`, as a failing disk would give.
 pub fn fail(phase: &str, n: usize) -> io::Result<()> {
     match std::env::var(FAIL) {
-        Ok(want) if want == format!("{phase}:{n}") => Err(io::Error::from_raw_os_error(
-            nix::libc::EIO,
-        )),
+        Ok(want) if want == format!("{phase}:{n}") => {
+            Err(io::Error::from_raw_os_error(nix::libc::EIO))
+        }
         _ => Ok(()),
     }
 }

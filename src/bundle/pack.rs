@@ -16,20 +16,48 @@ use crate::stream::DropBehind;
 /// What to compress with.
 #[derive(Debug, Clone, Copy)]
 pub struct PackOptions {
-    /// gzip level, 1–9 (the property `xenapi_image_compression_level`); 6 as GNU gzip.
+    /// gzip level, 1–9 (see [`level`]).
     pub level: u32,
     /// Compression threads; the number of cores by default.
     pub threads: usize,
 }
 
+/// GNU gzip's default level, and the old plugins'.
+pub const DEFAULT_LEVEL: u32 = 6;
+
+/// The image property Nova sets from `xenapi_image_compression_level`.
+pub const LEVEL_PROPERTY: &str = "xenapi_image_compression_level";
+
 impl Default for PackOptions {
     fn default() -> Self {
         PackOptions {
-            level: 6,
+            level: DEFAULT_LEVEL,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
         }
+    }
+}
+
+/// The gzip level for an upload, the same rule for the CLI and the plugin: an explicit
+/// level (`--compression-level`, already 1–9), else the image property
+/// [`LEVEL_PROPERTY`], else [`DEFAULT_LEVEL`]. A property that is not 1–9 keeps the
+/// default and comes back as a warning for the caller to log, as the old plugin did.
+pub fn level(explicit: Option<u32>, properties: &[(String, String)]) -> (u32, Option<String>) {
+    if let Some(l) = explicit {
+        return (l, None);
+    }
+    match properties.iter().find(|(k, _)| k == LEVEL_PROPERTY) {
+        None => (DEFAULT_LEVEL, None),
+        Some((_, v)) => match v.parse::<u32>() {
+            Ok(l) if (1..=9).contains(&l) => (l, None),
+            _ => (
+                DEFAULT_LEVEL,
+                Some(format!(
+                    "{LEVEL_PROPERTY} {v:?} is not 1-9; using {DEFAULT_LEVEL}"
+                )),
+            ),
+        },
     }
 }
 
@@ -143,5 +171,23 @@ impl<R: io::Read> io::Read for Exact<R> {
         }
         self.remaining -= n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_rule() {
+        let props = |v: &str| vec![(LEVEL_PROPERTY.to_string(), v.to_string())];
+        assert_eq!(level(Some(2), &props("9")), (2, None));
+        assert_eq!(level(None, &props("9")), (9, None));
+        assert_eq!(level(None, &[]), (DEFAULT_LEVEL, None));
+        for bad in ["0", "10", "fast", ""] {
+            let (l, warning) = level(None, &props(bad));
+            assert_eq!(l, DEFAULT_LEVEL);
+            assert!(warning.unwrap().contains("is not 1-9"), "{bad}");
+        }
     }
 }

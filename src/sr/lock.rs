@@ -17,6 +17,15 @@ use nix::libc;
 
 use super::{io_err, Result, SrError};
 
+/// The storage manager's lock directory on dom0.
+pub const SM_LOCK_DIR: &str = "/var/lock/sm";
+
+/// [`SM_LOCK_DIR`], unless a test points it elsewhere ([`crate::testhooks::LOCK_DIR`]).
+/// The CLI's `--lock-dir` default and the plugin both come from here.
+pub fn sm_lock_dir() -> PathBuf {
+    crate::testhooks::path_or(crate::testhooks::LOCK_DIR, SM_LOCK_DIR)
+}
+
 /// Held until dropped (closing the file releases the fcntl lock).
 #[derive(Debug)]
 pub struct SrLock {

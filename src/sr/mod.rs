@@ -1,5 +1,8 @@
-//! The storage repository side (DESIGN §5): staging directories inside the SR, the
-//! import of a downloaded chain, the SM SR lock, and `sweep`.
+//! The storage repository (DESIGN §5) and nothing else: staging directories inside the
+//! SR, the import of a chain unpacked into one ([`Import`]), the export of a chain for
+//! upload ([`export`]), the SM SR lock and our job lock, and `sweep`. This module knows
+//! files and directories; it imports nothing from the image store or the tarball code —
+//! [`crate::transfer`] drives both ends.
 //!
 //! Import: unpack into a fresh mode-0700 staging directory on the SR's own file system
 //! (so renames are atomic), name each file after its UUID, relink children to parents
@@ -12,19 +15,13 @@ mod lock;
 mod staging;
 
 pub use export::{export, ChainSpec, Exported};
-pub use lock::{JobLock, SrLock};
+pub use lock::{sm_lock_dir, JobLock, SrLock, SM_LOCK_DIR};
 pub use staging::{sweep, Staging, STAGING_PREFIX};
 
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use crate::bundle::pack::PackOptions;
-use crate::bundle::{self, BundleError, Limits};
 use crate::error::{ErrorKind, Kind};
-use crate::progress::{Counting, Progress};
-use crate::store::{Digests, Expected, HashingReader, Source, StoreError, Target};
-use crate::stream::{Prefetch, RateLimited};
 use crate::vhd::{self, chain::Chain, check::CheckOptions, OpenMode, Vhd, VhdError};
 
 /// The deepest chain an image may carry (the old plugins' limit).
@@ -33,11 +30,7 @@ pub const MAX_IMAGE_CHAIN: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum SrError {
     #[error(transparent)]
-    Bundle(#[from] BundleError),
-    #[error(transparent)]
     Vhd(#[from] VhdError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
     #[error("{file}: {rule}")]
     Chain { file: String, rule: String },
     #[error("{}: cannot {op}", path.display())]
@@ -58,9 +51,7 @@ pub enum SrError {
 impl Kind for SrError {
     fn kind(&self) -> ErrorKind {
         match self {
-            SrError::Bundle(e) => e.kind(),
             SrError::Vhd(e) => e.kind(),
-            SrError::Store(e) => e.kind(),
             SrError::Chain { .. } | SrError::Args(_) => ErrorKind::InvalidInput,
             SrError::Io { .. } | SrError::Exists { .. } => ErrorKind::Io,
             SrError::Locked { .. } => ErrorKind::Locked,
@@ -75,50 +66,13 @@ pub(crate) fn io_err(path: &Path, op: &'static str) -> impl FnOnce(io::Error) ->
     move |source| SrError::Io { path, op, source }
 }
 
-/// Where and how to import.
-#[derive(Debug, Clone)]
-pub struct ImportOptions {
-    pub sr_path: PathBuf,
-    /// The plugin's `uuid_stack`: one UUID is popped from the **end** per file, leaf
-    /// first. Generated when `None`.
-    pub uuid_stack: Option<Vec<String>>,
-    /// Directory of the SM lock files (`/var/lock/sm`); the lock is `<dir>/<sr-uuid>/sr`.
-    pub lock_dir: PathBuf,
-    pub transfer: Transfer,
-}
-
-/// How bytes move, for download and upload alike (the CLI's `--rate-limit` and its
-/// progress display; the plugin's syslog progress lines).
-#[derive(Debug, Clone, Default)]
-pub struct Transfer {
-    /// Bytes per second on the wire (the gzipped tarball), if limited.
-    pub rate_limit: Option<u64>,
-    /// Counted into as the transfer runs: wire bytes for a download (its total is the
-    /// size the store declares), VHD bytes read for an upload (total: the chain's size).
-    pub progress: Option<Arc<Progress>>,
-    /// Filled by an upload whose whole tarball was handed to the store, whatever the
-    /// outcome: if the answer was lost, the store may have the complete image, and a
-    /// retry can recognise it by these digests ([`Target::completed_by`]).
-    pub sent: Arc<std::sync::Mutex<Option<Uploaded>>>,
-}
-
-impl Transfer {
-    /// `body` with the rate limit and the progress count applied.
-    fn wrap<'a, R: Read + Send + 'a>(&self, body: R) -> Box<dyn Read + Send + 'a> {
-        let counted = Counting::new(body, self.progress.clone());
-        match self.rate_limit {
-            Some(rate) => Box::new(RateLimited::new(counted, rate)),
-            None => Box::new(counted),
-        }
-    }
-}
-
 /// The imported chain.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Imported {
     /// VDI UUIDs, leaf first.
     pub uuids: Vec<String>,
     pub files: Vec<PathBuf>,
+    /// Bytes of VHD data.
     pub bytes: u64,
 }
 
@@ -129,73 +83,103 @@ impl Imported {
     }
 }
 
-/// Import a gzipped tarball of VHDs from `body` into the SR. `verify` runs once the
-/// body is read to its end and before anything reaches the SR: the store's checksums are
-/// compared there, so a corrupt download never becomes a VDI.
-pub fn import<R: Read>(
-    mut body: R,
-    opts: &ImportOptions,
-    verify: impl FnOnce(&mut R) -> Result<(), StoreError>,
-) -> Result<Imported> {
-    let sr = &opts.sr_path;
-    let meta = std::fs::metadata(sr).map_err(io_err(sr, "open the SR directory"))?;
-    if !meta.is_dir() {
-        return Err(SrError::Args(format!(
-            "{} is not a directory",
-            sr.display()
-        )));
-    }
-    let staging = Staging::create(sr)?;
-    let limits = Limits {
-        free_space: free_space(sr)?,
-        ..Limits::default()
-    };
-    let unpacked = bundle::unpack_with(
-        &mut body,
-        staging.path(),
-        limits,
-        opts.transfer.progress.as_deref(),
-    )?;
-    verify(&mut body)?;
-    // Under their member names first, so errors name the member (0.vhd, image.vhd…).
-    check_roles(&unpacked.files)?;
-    let n = unpacked.files.len();
-    let mut stack = match &opts.uuid_stack {
-        Some(s) => s.clone(),
-        None => (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect(),
-    };
-    if stack.len() < n {
-        return Err(SrError::Args(format!(
-            "the image holds {n} VHDs but only {} UUIDs were given",
-            stack.len()
-        )));
-    }
-    // Rename each file to its VDI UUID, leaf first, popping from the end as the Python
-    // plugin did.
-    let mut uuids = Vec::with_capacity(n);
-    let mut files = Vec::with_capacity(n);
-    for f in &unpacked.files {
-        let u = stack.pop().expect("length checked");
-        let u = uuid::Uuid::parse_str(&u)
-            .map_err(|_| SrError::Args(format!("{u:?} is not a UUID")))?
-            .to_string();
-        if uuids.contains(&u) {
-            return Err(SrError::Args(format!("UUID {u} given twice")));
+/// One import into an SR, from an empty staging directory to a published chain. The
+/// caller fills [`Import::dir`] (the tarball's members); every step after that is here.
+/// Dropping it before [`Import::publish`] removes the staging directory and everything
+/// in it: the SR is as it was.
+#[derive(Debug)]
+pub struct Import {
+    sr: PathBuf,
+    staging: Staging,
+}
+
+impl Import {
+    /// Check that `sr` is a directory and create a staging directory in it.
+    pub fn begin(sr: &Path) -> Result<Import> {
+        let meta = std::fs::metadata(sr).map_err(io_err(sr, "open the SR directory"))?;
+        if !meta.is_dir() {
+            return Err(SrError::Args(format!(
+                "{} is not a directory",
+                sr.display()
+            )));
         }
-        let to = staging.path().join(format!("{u}.vhd"));
-        std::fs::rename(f, &to).map_err(io_err(f, "rename in staging"))?;
-        uuids.push(u);
-        files.push(to);
+        Ok(Import {
+            sr: sr.to_path_buf(),
+            staging: Staging::create(sr)?,
+        })
     }
-    let members: Vec<String> = unpacked.files.iter().map(|f| file_name(f)).collect();
-    link_and_validate(&files, &members)?;
-    let _lock = SrLock::acquire(&opts.lock_dir, sr)?;
-    let moved = staging.publish(&files, sr)?;
-    Ok(Imported {
-        uuids,
-        files: moved,
-        bytes: unpacked.bytes,
-    })
+
+    /// Where the chain's files are to be written.
+    pub fn dir(&self) -> &Path {
+        self.staging.path()
+    }
+
+    /// Bytes available to us on the SR's file system.
+    pub fn free_space(&self) -> Result<u64> {
+        free_space(&self.sr)
+    }
+
+    /// Check the unpacked `files` (leaf first, under their member names), name each after
+    /// its VDI UUID — popped from the **end** of `uuid_stack`, leaf first, as the Python
+    /// plugin did; generated when `None` — and link them into a valid chain. Returns the
+    /// files under their new names, leaf first.
+    pub fn link(&self, files: &[PathBuf], uuid_stack: Option<&[String]>) -> Result<Named> {
+        // Under their member names first, so errors name the member (0.vhd, image.vhd…).
+        check_roles(files)?;
+        let n = files.len();
+        let mut stack: Vec<String> = match uuid_stack {
+            Some(s) => s.to_vec(),
+            None => (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect(),
+        };
+        if stack.len() < n {
+            return Err(SrError::Args(format!(
+                "the image holds {n} VHDs but only {} UUIDs were given",
+                stack.len()
+            )));
+        }
+        let mut uuids = Vec::with_capacity(n);
+        let mut named = Vec::with_capacity(n);
+        for f in files {
+            let u = stack.pop().expect("length checked");
+            let u = uuid::Uuid::parse_str(&u)
+                .map_err(|_| SrError::Args(format!("{u:?} is not a UUID")))?
+                .to_string();
+            if uuids.contains(&u) {
+                return Err(SrError::Args(format!("UUID {u} given twice")));
+            }
+            let to = self.dir().join(format!("{u}.vhd"));
+            std::fs::rename(f, &to).map_err(io_err(f, "rename in staging"))?;
+            uuids.push(u);
+            named.push(to);
+        }
+        let members: Vec<String> = files.iter().map(|f| file_name(f)).collect();
+        link_and_validate(&named, &members)?;
+        Ok(Named {
+            uuids,
+            files: named,
+        })
+    }
+
+    /// Move the linked chain into the SR under the SM SR lock (in `lock_dir`, see
+    /// [`sm_lock_dir`]), base first; the staging directory goes.
+    pub fn publish(self, named: Named, lock_dir: &Path, bytes: u64) -> Result<Imported> {
+        let _lock = SrLock::acquire(lock_dir, &self.sr)?;
+        let files = self.staging.publish(&named.files, &self.sr)?;
+        Ok(Imported {
+            uuids: named.uuids,
+            files,
+            bytes,
+        })
+    }
+}
+
+/// A chain linked and validated in staging, ready to publish.
+#[derive(Debug)]
+pub struct Named {
+    /// VDI UUIDs, leaf first.
+    pub uuids: Vec<String>,
+    /// `<staging>/<uuid>.vhd`, leaf first.
+    pub files: Vec<PathBuf>,
 }
 
 /// Relink each file to the next (native `vhd-util modify -p`), then validate every file
@@ -295,150 +279,4 @@ pub fn free_space(sr: &Path) -> Result<u64> {
         source: io::Error::from(e),
     })?;
     Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
-}
-
-/// A finished download: the imported chain and what the wire carried.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Downloaded {
-    pub imported: Imported,
-    pub stream: Digests,
-    pub expected: Expected,
-}
-
-/// The download engine shared by the CLI and the plugin: open the image at `source`,
-/// hash it while it streams into [`import`], and compare with the store's checksums
-/// before the chain is moved into the SR.
-pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
-    let (body, expected) = source.open()?;
-    if let Some(p) = &opts.transfer.progress {
-        let local_size = match source {
-            Source::Local(crate::store::Location::File(f)) => {
-                std::fs::metadata(f).ok().map(|m| m.len())
-            }
-            _ => None,
-        };
-        if let Some(size) = expected.size.or(local_size) {
-            p.set_total(size);
-        }
-    }
-    let mut stream = None;
-    // The network read and both hashes run on their own thread, ahead of the inflate.
-    let body = Prefetch::new(HashingReader::new(opts.transfer.wrap(body)));
-    let imported = import(body, opts, |p| {
-        let got = p
-            .finished()
-            .ok_or_else(|| StoreError::Protocol("the image was not read to its end".into()))?
-            .digests();
-        let verdict = expected.verify(&got);
-        stream = Some(got);
-        verdict
-    })?;
-    Ok(Downloaded {
-        imported,
-        stream: stream.expect("verify ran"),
-        expected,
-    })
-}
-
-/// A finished upload.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Uploaded {
-    /// VDI UUIDs sent, in member order (leaf first).
-    pub uuids: Vec<String>,
-    pub members: Vec<String>,
-    /// What went over the wire (the gzipped tarball).
-    pub stream: Digests,
-}
-
-/// The upload engine shared by the CLI and the plugin: stage the chain, then tar and
-/// gzip it on a producer thread (all cores) into a bounded pipe that the store reads
-/// while hashing. If anything fails while streaming, the store gets a broken stream,
-/// never a short complete image; the record is read back and compared afterwards.
-pub fn upload(
-    sr: &Path,
-    spec: &ChainSpec,
-    target: &Target,
-    pack: PackOptions,
-    transfer: &Transfer,
-) -> Result<Uploaded> {
-    target.prepare()?;
-    let exported = export(sr, spec)?;
-    let (writer, reader) = crate::stream::pipe(8);
-    // Test hook (README "Testing hooks"): break the stream after N bytes, to show that
-    // a failed upload is never terminated.
-    let fail_after = crate::testhooks::fail_upload_after();
-    let (sent, produced) = std::thread::scope(|s| {
-        let members = &exported.members;
-        let producer = s.spawn(move || {
-            let out = FailAfter {
-                inner: writer,
-                left: fail_after.unwrap_or(u64::MAX),
-            };
-            crate::bundle::pack::pack_with(members, out, pack, transfer.progress.clone())
-                .and_then(|w| w.inner.close())
-        });
-        // The rate limit applies to what goes on the wire; the pipe's back-pressure
-        // slows the compressors to match.
-        let mut body = HashingReader::new(transfer.wrap(reader));
-        let sent = target.send(&mut body).map(|rec| (rec, body.digests()));
-        if body.at_eof() {
-            if let Ok(mut s) = transfer.sent.lock() {
-                *s = Some(Uploaded {
-                    uuids: exported.uuids.clone(),
-                    members: exported.members.iter().map(|(n, _)| n.clone()).collect(),
-                    stream: body.digests(),
-                });
-            }
-        }
-        // Let the producer see a closed pipe before waiting for it.
-        drop(body);
-        let produced = producer
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the tar/gzip producer panicked")));
-        (sent, produced)
-    });
-    // The producer's own error explains a broken stream better than the store's view,
-    // unless it only saw the store hang up.
-    let (v1_record, stream) = match (sent, produced) {
-        (Ok(s), Ok(())) => s,
-        (Err(e), Err(p)) if p.kind() == io::ErrorKind::BrokenPipe => return Err(e.into()),
-        (_, Err(p)) => {
-            return Err(SrError::Io {
-                path: exported.staging.path().to_path_buf(),
-                op: "read the chain for upload",
-                source: p,
-            })
-        }
-        (Err(e), Ok(())) => return Err(e.into()),
-    };
-    target.verify(&stream, v1_record)?;
-    Ok(Uploaded {
-        uuids: exported.uuids.clone(),
-        members: exported.members.iter().map(|(n, _)| n.clone()).collect(),
-        stream,
-    })
-}
-
-/// A writer that fails once `left` bytes have passed (the upload test hook).
-struct FailAfter<W> {
-    inner: W,
-    left: u64,
-}
-
-impl<W: io::Write> io::Write for FailAfter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Err(io::Error::other(
-                "injected failure (GLANCE_VHD_TEST_FAIL_UPLOAD_AFTER)",
-            ));
-        }
-        let n = buf.len().min(self.left.min(usize::MAX as u64) as usize);
-        let n = self.inner.write(&buf[..n])?;
-        self.left -= n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }

@@ -39,6 +39,11 @@ pub struct GlanceConfig {
     pub deadline: Option<Duration>,
 }
 
+/// How long to wait for a connection, by default (`--connect-timeout`).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a transfer may go without a byte, by default (`--idle-timeout`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 impl GlanceConfig {
     pub fn new(endpoint: &str, api: Api) -> GlanceConfig {
         GlanceConfig {
@@ -47,8 +52,8 @@ impl GlanceConfig {
             headers: Vec::new(),
             cacert: None,
             insecure: false,
-            connect_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(300),
+            connect_timeout: CONNECT_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
             deadline: None,
         }
     }
@@ -70,6 +75,9 @@ impl Glance {
     pub fn new(cfg: GlanceConfig) -> Result<Glance, StoreError> {
         if !(cfg.endpoint.starts_with("http://") || cfg.endpoint.starts_with("https://")) {
             return Err(StoreError::Unsupported(cfg.endpoint.clone()));
+        }
+        for (k, v) in &cfg.headers {
+            super::check_header(k, v).map_err(StoreError::Header)?;
         }
         let tls = tls_config(&cfg)?;
         let agent = ureq::Agent::config_builder()

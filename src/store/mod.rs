@@ -54,6 +54,10 @@ pub enum StoreError {
         "checksum mismatch: the store declares {expected}, the bytes received hash to {actual}"
     )]
     Checksum { expected: String, actual: String },
+    /// A request header (or the token) that would break the request framing. Refused
+    /// before any connection: resending the same value can never succeed.
+    #[error("{0}")]
+    Header(String),
 }
 
 impl StoreError {
@@ -135,7 +139,57 @@ impl Kind for StoreError {
             }
             StoreError::Open { .. } => ErrorKind::Io,
             StoreError::Checksum { .. } => ErrorKind::Retryable,
+            StoreError::Header(_) => ErrorKind::Permanent,
         }
+    }
+}
+
+/// The one rule for a request header, whoever supplies it (`--header`, `--token`,
+/// `OS_AUTH_TOKEN`, the plugin's `extra_headers` and `auth_token`): a token name
+/// (letters, digits, `-`, `_`) and a value without CR, LF, NUL or other control
+/// characters but tab — anything else could end the header early and inject another.
+pub fn check_header(name: &str, value: &str) -> Result<(), String> {
+    let name_ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !name_ok {
+        return Err(format!("{name:?} is not a header name"));
+    }
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        // The value itself is not echoed: it is often a token.
+        return Err(format!(
+            "the value of header {name} holds a control character (CR, LF, NUL…)"
+        ));
+    }
+    Ok(())
+}
+
+/// The one rule for an image property name (`--property`, the plugin's `properties`):
+/// Glance v1 sends properties as `x-image-meta-property-<name>` headers.
+pub fn check_property_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a property name"))
+    }
+}
+
+/// Add the Keystone token as `X-Auth-Token`, unless the caller's headers already carry
+/// one (an explicit header wins, as in the old plugins).
+pub fn merge_token(headers: &mut Vec<(String, String)>, token: Option<&str>) {
+    let Some(t) = token.filter(|t| !t.is_empty()) else {
+        return;
+    };
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("x-auth-token"))
+    {
+        headers.push(("X-Auth-Token".into(), t.to_string()));
     }
 }
 
@@ -189,16 +243,20 @@ impl Location {
         }
     }
 
-    /// Open the image body for reading.
-    pub fn open(&self) -> Result<Box<dyn Read + Send>, StoreError> {
+    /// Open the image body for reading, with its size when it is a file (a progress
+    /// total, and the byte count the read must reach).
+    pub fn open(&self) -> Result<(Box<dyn Read + Send>, Option<u64>), StoreError> {
         match self {
-            Location::Stdin => Ok(Box::new(io::stdin())),
-            Location::File(p) => File::open(p)
-                .map(|f| Box::new(f) as Box<dyn Read + Send>)
-                .map_err(|source| StoreError::Open {
+            Location::Stdin => Ok((Box::new(io::stdin()), None)),
+            Location::File(p) => {
+                let err = |source| StoreError::Open {
                     path: p.clone(),
                     source,
-                }),
+                };
+                let f = File::open(p).map_err(err)?;
+                let size = f.metadata().map_err(err)?.len();
+                Ok((Box::new(f), Some(size)))
+            }
         }
     }
 }
@@ -250,7 +308,16 @@ impl Source {
     /// Open the body, with the checksums the store declares.
     pub fn open(&self) -> Result<(Box<dyn Read + Send>, Expected), StoreError> {
         match self {
-            Source::Local(l) => Ok((l.open()?, Expected::default())),
+            Source::Local(l) => {
+                let (body, size) = l.open()?;
+                Ok((
+                    body,
+                    Expected {
+                        size,
+                        ..Expected::default()
+                    },
+                ))
+            }
             Source::Glance(g, id) => g.download(id),
         }
     }

@@ -23,9 +23,10 @@ use super::xmlrpc::XValue;
 use crate::bundle::pack::PackOptions;
 use crate::error::{ErrorKind, Kind};
 use crate::progress::{Display, Monitor, Progress};
-use crate::sr::{self, ChainSpec, ImportOptions, SrError};
+use crate::sr::{ChainSpec, SrError};
 use crate::store::glance::{Api, Glance, GlanceConfig};
 use crate::store::{Source, StoreError, Target};
+use crate::transfer::{self, ImportOptions, TransferError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -38,6 +39,8 @@ pub enum CallError {
     Pickle(#[source] PickleError),
     #[error(transparent)]
     Sr(#[from] SrError),
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -55,6 +58,7 @@ impl Kind for CallError {
                 ErrorKind::InvalidInput
             }
             CallError::Sr(e) => e.kind(),
+            CallError::Transfer(e) => e.kind(),
             CallError::Store(e) => e.kind(),
             CallError::Kernel(e) => e.kind(),
             CallError::XenApi(e) => e.kind(),
@@ -438,27 +442,18 @@ impl StoreArgs {
         }
     }
 
-    /// `extra_headers` (Havana+) or `auth_token` (Diablo–Grizzly).
+    /// `extra_headers` (Havana+) or `auth_token` (Diablo–Grizzly), by the store's
+    /// header rule ([`crate::store::check_header`]).
     fn headers(kw: &Kwargs) -> Result<Vec<(String, String)>> {
         let mut h = kw.pairs("extra_headers")?;
-        if let Some(Py::Str(t)) = kw.get("auth_token") {
-            if !t.is_empty()
-                && !h
-                    .iter()
-                    .any(|(k, _)| k.eq_ignore_ascii_case("x-auth-token"))
-            {
-                h.push(("X-Auth-Token".into(), t.clone()));
-            }
-        }
+        let token = match kw.get("auth_token") {
+            Some(Py::Str(t)) => Some(t.as_str()),
+            _ => None,
+        };
+        crate::store::merge_token(&mut h, token);
         for (k, v) in &h {
-            let name_ok = !k.is_empty()
-                && k.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !name_ok || v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                return Err(CallError::Argument(format!(
-                    "extra_headers: {k:?} is not a header"
-                )));
-            }
+            crate::store::check_header(k, v)
+                .map_err(|rule| CallError::Argument(format!("extra_headers: {rule}")))?;
         }
         Ok(h)
     }
@@ -488,11 +483,6 @@ fn sr_path(kw: &Kwargs) -> Result<PathBuf> {
         )));
     }
     Ok(p)
-}
-
-/// `/var/lock/sm`; `GLANCE_VHD_LOCK_DIR` for tests ([`crate::testhooks`]).
-fn lock_dir() -> PathBuf {
-    crate::testhooks::path_or(crate::testhooks::LOCK_DIR, "/var/lock/sm")
 }
 
 // ---- download ----
@@ -537,10 +527,10 @@ impl DownloadArgs {
         let opts = ImportOptions {
             sr_path: self.sr_path.clone(),
             uuid_stack: Some(self.uuid_stack.clone()),
-            lock_dir: lock_dir(),
+            lock_dir: crate::sr::sm_lock_dir(),
             transfer,
         };
-        let d = sr::download(&source, &opts);
+        let d = transfer::download(&source, &opts);
         monitor.stop();
         let d = d?;
         super::log::info(&format!(
@@ -554,7 +544,7 @@ impl DownloadArgs {
 }
 
 /// Long transfers log their progress to syslog every 30 s (never to stdout).
-fn syslog_progress(label: String) -> (sr::Transfer, Monitor) {
+fn syslog_progress(label: String) -> (transfer::Transfer, Monitor) {
     let progress = Progress::new();
     let monitor = Monitor::start(
         progress.clone(),
@@ -564,7 +554,7 @@ fn syslog_progress(label: String) -> (sr::Transfer, Monitor) {
             label,
         },
     );
-    let transfer = sr::Transfer {
+    let transfer = transfer::Transfer {
         progress: Some(progress),
         ..Default::default()
     };
@@ -735,32 +725,14 @@ impl UploadArgs {
         properties: Vec<(String, String)>,
     ) -> Result<UploadArgs> {
         for (k, _) in &properties {
-            // Property names become v1 header names.
-            let ok = !k.is_empty()
-                && k.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
-            if !ok {
-                return Err(CallError::Argument(format!(
-                    "properties: {k:?} is not a property name"
-                )));
-            }
+            crate::store::check_property_name(k)
+                .map_err(|rule| CallError::Argument(format!("properties: {rule}")))?;
         }
         // Nova's `xenapi_image_compression_level`; anything but 1–9 keeps GNU gzip's 6.
-        let level = match properties
-            .iter()
-            .find(|(k, _)| k == "xenapi_image_compression_level")
-        {
-            None => 6,
-            Some((_, v)) => match v.parse::<u32>() {
-                Ok(l) if (1..=9).contains(&l) => l,
-                _ => {
-                    super::log::warn(&format!(
-                        "xenapi_image_compression_level {v:?} is not 1-9; using 6"
-                    ));
-                    6
-                }
-            },
-        };
+        let (level, warning) = crate::bundle::pack::level(None, &properties);
+        if let Some(w) = warning {
+            super::log::warn(&w);
+        }
         Ok(UploadArgs {
             store: StoreArgs::new(kw, endpoint, api)?,
             sr_path: sr_path(kw)?,
@@ -782,7 +754,7 @@ impl UploadArgs {
         };
         let (transfer, monitor) =
             syslog_progress(format!("upload to image {}", self.store.image_id));
-        let up = sr::upload(&self.sr_path, &self.chain, &target, pack, &transfer);
+        let up = transfer::upload(&self.sr_path, &self.chain, &target, pack, transfer);
         monitor.stop();
         let up = up?;
         super::log::info(&format!(

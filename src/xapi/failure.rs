@@ -9,8 +9,6 @@
 //! The class comes from the error's [`ErrorKind`] (and from whether the error is about
 //! the arguments), in the one `match` of [`Failure::of`]; never from message text.
 
-use std::error::Error as StdError;
-
 use super::calls::CallError;
 use crate::error::{ErrorKind, Kind};
 
@@ -98,27 +96,15 @@ impl Failure {
 
 /// Whether the error is the image store's answer (not the SR's or the VHD engine's).
 fn from_store(err: &CallError) -> bool {
-    matches!(
-        err,
-        CallError::Store(_) | CallError::Sr(crate::sr::SrError::Store(_))
-    )
+    match err {
+        CallError::Store(_) => true,
+        CallError::Transfer(t) => t.from_store(),
+        _ => false,
+    }
 }
 
-/// `error: cause: cause`, as the CLI prints it.
-pub fn chain(err: &dyn StdError) -> String {
-    let mut msg = err.to_string();
-    let mut src = err.source();
-    while let Some(s) = src {
-        let s_msg = s.to_string();
-        // A transparent wrapper repeats its source's message.
-        if !msg.ends_with(&s_msg) {
-            msg.push_str(": ");
-            msg.push_str(&s_msg);
-        }
-        src = s.source();
-    }
-    msg
-}
+/// `error: cause: cause`, as the CLI prints it (one printer for both).
+pub use crate::error::chain;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,539 @@
+//! The command line's shape: every command, flag, default and help text (clap derive),
+//! and the parsers for flag values. Nothing here runs a job; a flag value that breaks a
+//! rule is refused here, as a usage error (exit 2), by the same rule the library and the
+//! plugin apply ([`crate::store::check_header`], [`crate::store::check_property_name`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use super::output::say;
+use crate::store::glance::{self, Api, Glance, GlanceConfig};
+use crate::store::StoreError;
+use crate::vhd::{self, create::Stamp};
+
+macro_rules! exit_codes {
+    () => {
+        "Exit codes:
+  0  success
+  1  permanent failure (I/O, refused by the store, image not queued)
+  2  usage error (a bad flag or value)
+  3  invalid input (a broken or hostile VHD, tarball or argument)
+  4  not found (the image, a VDI, a parent)
+  5  retryable failure (network, server busy, checksum) after all retries
+  6  locked (another run holds the SR's lock file)
+`vhd query` and `vhd check` exit with vhd-util's errno codes instead (2 ENOENT, 22 EINVAL, ...)."
+    };
+}
+
+const TOP_HELP: &str = concat!(
+    "Examples:
+  glance-vhd download --image-id $IMAGE --sr-path /var/run/sr-mount/$SR
+  glance-vhd upload --leaf $VDI --sr-path /var/run/sr-mount/$SR \\
+      --create --name nightly-web
+  glance-vhd vhd check --parents /var/run/sr-mount/$SR/$VDI.vhd
+
+Environment:
+  OS_IMAGE_URL   default --endpoint (the Glance endpoint, e.g. https://glance:9292)
+  OS_AUTH_TOKEN  default --token (sent as X-Auth-Token)
+  OS_CACERT      default --cacert
+
+",
+    exit_codes!()
+);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "glance-vhd",
+    version,
+    about = "Move VHD chains between a XenServer file SR and OpenStack Glance; native VHD tools",
+    after_help = TOP_HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Only errors on stderr: no progress bar, no summary line, no warnings
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More on stderr: each attempt and step (-v), each request (-vv)
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Native VHD tools (vhd-util compatible where it matters)
+    #[command(
+        subcommand,
+        after_help = "Example:\n  glance-vhd vhd info /var/run/sr-mount/$SR/$VDI.vhd"
+    )]
+    Vhd(VhdCommand),
+    /// Import an image (a gzipped tarball of VHDs) into a file SR
+    #[command(after_help = concat!(
+        "Examples:
+  export OS_IMAGE_URL=https://glance.example:9292
+  export OS_AUTH_TOKEN=$(openstack token issue -f value -c id)
+  glance-vhd download --image-id $IMAGE --sr-path /var/run/sr-mount/$SR
+  glance-vhd download --endpoint http://glance1:9292 --endpoint http://glance2:9292 \\
+      --retries 5 --image-id $IMAGE --sr-path /var/run/sr-mount/$SR \\
+      --rate-limit 50M --nice --json
+  curl -s $URL | glance-vhd download --endpoint - --sr-path /var/run/sr-mount/$SR
+
+Prints the new VDI UUIDs (leaf first) on stdout, or one JSON object with --json.
+
+",
+        exit_codes!()
+    ))]
+    Download(DownloadArgs),
+    /// Upload a VDI chain from a file SR as a gzipped tarball of VHDs
+    #[command(after_help = concat!(
+        "Examples:
+  glance-vhd upload --endpoint https://glance.example:9292 --token $TOKEN \\
+      --sr-path /var/run/sr-mount/$SR --leaf $VDI --create --name nightly-$(date +%F)
+  glance-vhd upload --image-id $QUEUED_IMAGE --sr-path /var/run/sr-mount/$SR \\
+      --vdi $LEAF --vdi $BASE
+  glance-vhd upload --endpoint file:///srv/images/web.tgz \\
+      --sr-path /var/run/sr-mount/$SR --leaf $VDI
+
+Prints the image id on stdout, or one JSON object with --json.
+
+",
+        exit_codes!()
+    ))]
+    Upload(UploadArgs),
+    /// Remove staging directories left in an SR by a killed process
+    #[command(
+        after_help = "Example (cron, hourly):\n  glance-vhd sweep --sr-path /var/run/sr-mount/$SR --older-than 3600 -q\n\nOnly .glance-vhd-staging-* directories that this user owns, that are older than\n--older-than and that no live process holds (flock) are removed."
+    )]
+    Sweep(SweepArgs),
+}
+
+impl Command {
+    /// Whether the command was asked for `--json`: its errors are then JSON too.
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Download(a) => a.json,
+            Command::Upload(a) => a.json,
+            Command::Sweep(a) => a.json,
+            Command::Vhd(v) => v.json(),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    #[arg(long)]
+    pub sr_path: PathBuf,
+    /// Only directories older than this many seconds
+    #[arg(long, default_value_t = 3600)]
+    pub older_than: u64,
+    /// Directory of the storage manager's lock files (its SR lock is held while an
+    /// interrupted move is rolled back)
+    #[arg(long, default_value_os_t = crate::sr::sm_lock_dir())]
+    pub lock_dir: PathBuf,
+    /// Print {"swept": [{"path", "removed", "reason", "rolled_back"}, …]}
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The image to download (http(s) endpoints)
+    #[arg(long)]
+    pub image_id: Option<String>,
+    /// The SR directory (/var/run/sr-mount/<sr-uuid>)
+    #[arg(long)]
+    pub sr_path: PathBuf,
+    /// VDI UUIDs for 0.vhd, 1.vhd, … in this order (leaf first); generated if absent
+    #[arg(long = "uuid")]
+    pub uuids: Vec<uuid::Uuid>,
+    /// Directory of the storage manager's lock files (its SR lock is held while the
+    /// chain moves into the SR)
+    #[arg(long, default_value_os_t = crate::sr::sm_lock_dir())]
+    pub lock_dir: PathBuf,
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Print the result as one JSON object (README "JSON output")
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What keeps a nightly job well-behaved (download and upload alike).
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    /// One run per SR at a time: the lock file [default: /var/lock/glance-vhd/<sr-uuid>.lock]
+    #[arg(long, value_name = "PATH")]
+    pub lock_file: Option<PathBuf>,
+    /// Seconds to wait for another run to release the lock; after that, exit 6
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub lock_wait: u64,
+    /// Take no lock (concurrent runs on one SR are safe; the lock only keeps cron
+    /// runs from piling up)
+    #[arg(long, conflicts_with_all = ["lock_file", "lock_wait"])]
+    pub no_lock: bool,
+    /// At most this many bytes a second on the wire (e.g. 50M, 512K)
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub rate_limit: Option<u64>,
+    /// Run at low priority: CPU nice 10 and the idle I/O class
+    #[arg(long)]
+    pub nice: bool,
+    /// Retries after a retryable failure (network, 5xx, checksum), each with the next
+    /// --endpoint, after a growing pause with jitter
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub retries: u32,
+    /// The first pause between attempts, in seconds (doubling, at most 120)
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0, value_parser = parse_seconds)]
+    pub retry_delay: f64,
+}
+
+/// How to reach the image store (download and upload alike).
+#[derive(Args, Debug)]
+pub struct StoreArgs {
+    /// The image store: http(s)://glance:9292[/prefix], file:///path/image.tgz, or -.
+    /// Repeat for several Glance servers: each retry moves to the next
+    #[arg(
+        long = "endpoint",
+        env = "OS_IMAGE_URL",
+        required = true,
+        value_name = "URL"
+    )]
+    pub endpoints: Vec<String>,
+    /// Keystone token, sent as X-Auth-Token
+    #[arg(long, env = "OS_AUTH_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    pub token: Option<String>,
+    /// Glance API version
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub api_version: u8,
+    /// Extra request header, e.g. 'X-Auth-Token: …' (repeatable)
+    #[arg(long = "header", value_parser = parse_header)]
+    pub headers: Vec<(String, String)>,
+    /// A CA certificate (PEM) to trust besides the system bundle
+    #[arg(long, env = "OS_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// Do not verify TLS certificates (logged)
+    #[arg(long)]
+    pub insecure: bool,
+    /// Seconds to wait for a connection
+    #[arg(long, default_value_t = glance::CONNECT_TIMEOUT.as_secs())]
+    pub connect_timeout: u64,
+    /// Seconds without a byte before the transfer is abandoned
+    #[arg(long, default_value_t = glance::IDLE_TIMEOUT.as_secs())]
+    pub idle_timeout: u64,
+    /// Seconds the whole transfer may take (default: no limit)
+    #[arg(long)]
+    pub deadline: Option<u64>,
+}
+
+fn is_http(endpoint: &str) -> bool {
+    endpoint.starts_with("http://") || endpoint.starts_with("https://")
+}
+
+impl StoreArgs {
+    /// All endpoints are Glance servers, or there is one local endpoint.
+    pub fn check(&self) -> Result<bool, String> {
+        let http = self.endpoints.iter().filter(|e| is_http(e)).count();
+        match (http, self.endpoints.len()) {
+            (h, n) if h == n => Ok(true),
+            (0, 1) => Ok(false),
+            _ => Err(format!(
+                "--endpoint {}: several endpoints must all be http(s) Glance servers",
+                self.endpoints.join(" --endpoint ")
+            )),
+        }
+    }
+
+    /// The endpoint for attempt `n` (0-based): round robin.
+    pub fn endpoint(&self, n: u32) -> &str {
+        &self.endpoints[n as usize % self.endpoints.len()]
+    }
+
+    pub fn glance(&self, endpoint: &str) -> Result<Glance, StoreError> {
+        let api = if self.api_version == 1 {
+            Api::V1
+        } else {
+            Api::V2
+        };
+        let mut cfg = GlanceConfig::new(endpoint, api);
+        cfg.headers = self.headers.clone();
+        crate::store::merge_token(&mut cfg.headers, self.token.as_deref());
+        cfg.cacert = self.cacert.clone();
+        cfg.insecure = self.insecure;
+        if self.insecure {
+            say(
+                0,
+                "warning: TLS certificate verification is disabled (--insecure)",
+            );
+        }
+        cfg.connect_timeout = Duration::from_secs(self.connect_timeout);
+        cfg.idle_timeout = Duration::from_secs(self.idle_timeout);
+        cfg.deadline = self.deadline.map(Duration::from_secs);
+        Glance::new(cfg)
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("chain").required(true).args(["vdi", "leaf"])))]
+#[command(group(clap::ArgGroup::new("image").args(["image_id", "create"])))]
+pub struct UploadArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The SR directory (/var/run/sr-mount/<sr-uuid>)
+    #[arg(long)]
+    pub sr_path: PathBuf,
+    /// VDI UUIDs of the chain, leaf first (repeatable)
+    #[arg(long)]
+    pub vdi: Vec<uuid::Uuid>,
+    /// Only the leaf VDI: the chain is found through its parent locators
+    #[arg(long)]
+    pub leaf: Option<uuid::Uuid>,
+    /// The queued image to upload into
+    #[arg(long)]
+    pub image_id: Option<String>,
+    /// Create the image record first (Glance v2), named --name
+    #[arg(long, requires = "name")]
+    pub create: bool,
+    /// The new image's name (with --create)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Image property key=value (repeatable)
+    #[arg(long = "property", value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
+    /// gzip level 1-9 (default: the property xenapi_image_compression_level if it is
+    /// 1-9, else 6)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub compression_level: Option<u32>,
+    /// Compression threads (default: all cores)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: Option<u32>,
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Print the result as one JSON object (README "JSON output")
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VhdCommand {
+    /// Show every field of a VHD, its parent and its chain
+    #[command(after_help = "Example:\n  glance-vhd vhd info /var/run/sr-mount/SR/1234.vhd --json")]
+    Info {
+        file: PathBuf,
+        /// Print JSON (the `vhd::info::Info` schema)
+        #[arg(long)]
+        json: bool,
+    },
+    /// vhd-util query: same lines, same order, same exit codes
+    #[command(
+        after_help = "Example (what XenServer's SM runs):\n  glance-vhd vhd query -vsafp -n /var/run/sr-mount/SR/1234.vhd"
+    )]
+    Query(QueryArgs),
+    /// vhd-util check: "<FILE> is valid" or the first rule broken
+    #[command(
+        after_help = "Example:\n  glance-vhd vhd check --parents /var/run/sr-mount/SR/1234.vhd"
+    )]
+    Check {
+        #[arg(required_unless_present = "name")]
+        file: Option<PathBuf>,
+        /// The file, as vhd-util takes it
+        #[arg(short = 'n', conflicts_with = "file")]
+        name: Option<PathBuf>,
+        /// Check every ancestor too, and the chain (loops, UUIDs, sizes)
+        #[arg(short = 'p', long)]
+        parents: bool,
+        /// Do not reject timestamps in the future
+        #[arg(short = 't', long)]
+        ignore_timestamps: bool,
+        /// Print {"file", "valid", "problem"}
+        #[arg(long)]
+        json: bool,
+    },
+    /// vhd-util modify -p: make PARENT the parent of CHILD (byte-identical to blktap)
+    #[command(after_help = "Example:\n  glance-vhd vhd set-parent /sr/leaf.vhd /sr/base.vhd")]
+    SetParent {
+        child: PathBuf,
+        parent: PathBuf,
+        /// The parent is a raw file, not a VHD (vhd-util -m)
+        #[arg(long)]
+        raw: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// vhd-util set -f hidden: set or clear the hidden flag
+    #[command(after_help = "Example:\n  glance-vhd vhd set-hidden /sr/base.vhd 1")]
+    SetHidden {
+        file: PathBuf,
+        #[arg(value_parser = clap::value_parser!(u8).range(0..=1))]
+        value: u8,
+    },
+    /// vhd-util snapshot: a new empty differencing disk on top of PARENT
+    #[command(after_help = "Example:\n  glance-vhd vhd snapshot /sr/base.vhd /sr/leaf.vhd")]
+    Snapshot {
+        parent: PathBuf,
+        child: PathBuf,
+        /// Link to PARENT even if it is an empty differencing disk (vhd-util -e)
+        #[arg(short = 'e', long)]
+        keep_empty_parents: bool,
+        #[command(flatten)]
+        stamp: StampArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// vhd-util create: a new empty dynamic disk of SIZE (bytes, or K/M/G/T), rounded up to 2 MiB
+    #[command(after_help = "Example:\n  glance-vhd vhd create /sr/new.vhd 20G")]
+    Create {
+        file: PathBuf,
+        #[arg(value_parser = parse_size)]
+        size: u64,
+        #[command(flatten)]
+        stamp: StampArgs,
+        /// Print {"file", "virtual_size"}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read the whole virtual disk through its parent chain to a raw file or `-`
+    #[command(
+        after_help = "Example:\n  glance-vhd vhd read /sr/leaf.vhd /tmp/disk.raw\n  glance-vhd vhd read /sr/leaf.vhd - | sha256sum"
+    )]
+    Read { file: PathBuf, out: PathBuf },
+}
+
+impl VhdCommand {
+    fn json(&self) -> bool {
+        match self {
+            VhdCommand::Info { json, .. }
+            | VhdCommand::Check { json, .. }
+            | VhdCommand::SetParent { json, .. }
+            | VhdCommand::Snapshot { json, .. }
+            | VhdCommand::Create { json, .. } => *json,
+            VhdCommand::Query(_) | VhdCommand::SetHidden { .. } | VhdCommand::Read { .. } => false,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct QueryArgs {
+    /// The file
+    #[arg(short = 'n', required = true)]
+    pub name: PathBuf,
+    /// Virtual size in MiB
+    #[arg(short = 'v')]
+    pub virt: bool,
+    /// Physical size in bytes
+    #[arg(short = 's')]
+    pub phys: bool,
+    /// Parent path
+    #[arg(short = 'p')]
+    pub parent: bool,
+    /// With -p: the locator text instead of the resolved path
+    #[arg(short = 'u')]
+    pub unresolved: bool,
+    /// Hidden flag
+    #[arg(short = 'f')]
+    pub hidden: bool,
+    /// Marker flag
+    #[arg(short = 'm')]
+    pub marker: bool,
+    /// Chain depth
+    #[arg(short = 'd')]
+    pub depth: bool,
+    /// Allocated block count
+    #[arg(short = 'a')]
+    pub allocated: bool,
+    /// Maximum virtual size in MiB (BAT entries x 2)
+    #[arg(short = 'S')]
+    pub max_size: bool,
+    /// Accepted for compatibility (vhd-util logs to syslog with it)
+    #[arg(long)]
+    pub debug: bool,
+}
+
+/// Pin the UUID and creation time (reproducible files, tests).
+#[derive(Args, Debug, Default)]
+pub struct StampArgs {
+    /// UUID of the new disk (default: random)
+    #[arg(long)]
+    pub uuid: Option<uuid::Uuid>,
+    /// Creation time, Unix seconds (default: now)
+    #[arg(long)]
+    pub unix_time: Option<i64>,
+}
+
+impl StampArgs {
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            uuid: self.uuid.map(|u| *u.as_bytes()),
+            timestamp: self.unix_time.map(|t| (t - vhd::footer::VHD_EPOCH) as u32),
+        }
+    }
+}
+
+/// `123`, `512K`, `8M`, `20G`, `1T` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size suffix {c:?} (use K, M, G or T)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 8M, 20G)"))?;
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A rate in bytes a second: a size (`50M`), not zero.
+fn parse_rate(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        0 => Err("a rate limit of 0 would never finish".into()),
+        n => Ok(n),
+    }
+}
+
+/// Seconds, fractions allowed, 0 to a day.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if (0.0..=86400.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s:?}: between 0 and 86400 seconds"))
+    }
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not a property (use key=value)"))?;
+    crate::store::check_property_name(k)?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// `K: V` → (K, V).
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not a header (use 'Name: value')"))?;
+    let (k, v) = (k.trim(), v.trim());
+    crate::store::check_header(k, v)?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// `--token`/`OS_AUTH_TOKEN`: sent as a header, so held to the header rule.
+fn parse_token(s: &str) -> Result<String, String> {
+    crate::store::check_header("X-Auth-Token", s)?;
+    Ok(s.to_string())
+}

@@ -1,0 +1,424 @@
+//! `download`, `upload` and `sweep`: the transfer engines ([`crate::transfer`]) with what
+//! a nightly job needs around them — endpoints tried in turn with retries
+//! ([`crate::retry`]), a lock per SR, a rate limit, low priority, a progress bar on a
+//! terminal and progress lines in syslog, and a one-line summary.
+
+use std::error::Error as StdError;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::args::{DownloadArgs, JobArgs, StoreArgs, SweepArgs, UploadArgs};
+use super::output::{self, say, verbosity, CliError};
+use crate::bundle::pack::{self, PackOptions};
+use crate::error::{chain, Kind};
+use crate::progress::{Display, Monitor, Progress};
+use crate::sr::{ChainSpec, JobLock};
+use crate::store::{Digests, Location, Source, Target};
+use crate::transfer::{self, ImportOptions, Transfer, Uploader};
+
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    /// The Glance image, when the store is Glance.
+    image_id: Option<String>,
+    /// The endpoint of the attempt that succeeded.
+    endpoint: String,
+    attempts: u32,
+    /// Bytes on the wire (the gzipped tarball).
+    bytes: u64,
+    seconds: f64,
+    bytes_per_second: u64,
+    md5: String,
+    sha512: String,
+}
+
+impl Summary {
+    fn new(
+        image_id: Option<&str>,
+        endpoint: &str,
+        attempts: u32,
+        stream: &Digests,
+        took: Duration,
+    ) -> Summary {
+        let seconds = took.as_secs_f64();
+        Summary {
+            image_id: image_id.map(str::to_string),
+            endpoint: endpoint.to_string(),
+            attempts,
+            bytes: stream.bytes,
+            seconds: (seconds * 1000.0).round() / 1000.0,
+            bytes_per_second: (stream.bytes as f64 / seconds.max(0.001)) as u64,
+            md5: stream.md5.clone(),
+            sha512: stream.sha512.clone(),
+        }
+    }
+
+    /// The summary line on stderr (not with `--quiet`).
+    fn say(&self, what: &str) {
+        say(0, &self.line(what));
+    }
+
+    /// `<what>: 1.20 GiB in 14.2 s (86.40 MiB/s), md5 …, 2 attempts`
+    fn line(&self, what: &str) -> String {
+        use indicatif::HumanBytes;
+        let attempts = match self.attempts {
+            1 => String::new(),
+            n => format!(", {n} attempts"),
+        };
+        format!(
+            "{what}: {} in {:.1} s ({}/s), md5 {}{attempts}",
+            HumanBytes(self.bytes),
+            self.seconds,
+            HumanBytes(self.bytes_per_second),
+            self.md5,
+        )
+    }
+}
+
+/// `1 VHD`, `3 VHDs`.
+fn vhds(n: usize) -> String {
+    format!("{n} VHD{}", if n == 1 { "" } else { "s" })
+}
+
+/// What a download or upload holds while it runs: the SR's job lock, and the progress
+/// display.
+struct Job {
+    _lock: Option<JobLock>,
+    progress: Arc<Progress>,
+    monitor: Monitor,
+    policy: crate::retry::Policy,
+    started: Instant,
+}
+
+impl Job {
+    /// Lower the priority, take the lock, start the display: in that order, so a run
+    /// that waits for the lock shows no bar and one that is refused changed nothing.
+    fn start(args: &JobArgs, sr_path: &Path, label: String) -> Result<Job, CliError> {
+        if args.nice {
+            lower_priority();
+        }
+        let lock = if args.no_lock {
+            None
+        } else {
+            let path = match &args.lock_file {
+                Some(p) => p.clone(),
+                None => JobLock::default_path(sr_path)?,
+            };
+            say(1, &format!("taking the lock {}", path.display()));
+            Some(JobLock::acquire(
+                &path,
+                Duration::from_secs(args.lock_wait),
+                &label,
+            )?)
+        };
+        let progress = Progress::new();
+        let monitor = Monitor::start(
+            progress.clone(),
+            Display {
+                // On a terminal only: cron mail and log files get the summary line.
+                bar: std::io::stderr().is_terminal() && verbosity() >= 0,
+                log_every: Some(crate::progress::log_interval()),
+                label,
+            },
+        );
+        Ok(Job {
+            _lock: lock,
+            progress,
+            monitor,
+            policy: crate::retry::Policy {
+                retries: args.retries,
+                base: Duration::from_secs_f64(args.retry_delay),
+                ..Default::default()
+            },
+            started: Instant::now(),
+        })
+    }
+
+    fn transfer(&self, args: &JobArgs) -> Transfer {
+        Transfer {
+            rate_limit: args.rate_limit,
+            progress: Some(self.progress.clone()),
+        }
+    }
+
+    /// Run `attempt(endpoint_index)` with the retry policy, logging each retry.
+    fn retry<T, E: StdError + Kind>(
+        &self,
+        store: &StoreArgs,
+        what: &str,
+        mut attempt: impl FnMut(u32) -> Result<T, E>,
+    ) -> Result<(T, u32), E> {
+        let mut used = 0;
+        let r = crate::retry::run(
+            &self.policy,
+            |n| {
+                used = n + 1;
+                self.progress.reset();
+                say(
+                    1,
+                    &format!("{what}: attempt {} via {}", n + 1, store.endpoint(n)),
+                );
+                attempt(n)
+            },
+            |n, e, pause| {
+                say(
+                    0,
+                    &format!(
+                        "{what}: attempt {n} of {} failed: {}; retrying in {:.1} s via {}",
+                        self.policy.retries + 1,
+                        chain(e),
+                        pause.as_secs_f64(),
+                        store.endpoint(n)
+                    ),
+                )
+            },
+        );
+        r.map(|v| (v, used))
+    }
+
+    /// Stop the display (the summary follows on a clean line) and say how long it took.
+    fn finish(self) -> Duration {
+        self.monitor.stop();
+        self.started.elapsed()
+    }
+}
+
+/// `--nice`: CPU nice 10 and the idle I/O scheduling class, for this thread and every
+/// thread started after it (the compressors, the prefetcher). Best effort.
+fn lower_priority() {
+    use nix::libc;
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    // SAFETY: two syscalls on the calling thread that take no pointers.
+    let (nice, ioprio) = unsafe {
+        (
+            libc::setpriority(libc::PRIO_PROCESS as _, 0, 10),
+            libc::syscall(
+                libc::SYS_ioprio_set,
+                IOPRIO_WHO_PROCESS,
+                0 as libc::c_long,
+                IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+            ),
+        )
+    };
+    if nice != 0 || ioprio != 0 {
+        say(
+            0,
+            &format!(
+                "warning: --nice: cannot lower the priority: {}",
+                std::io::Error::last_os_error()
+            ),
+        );
+    }
+}
+
+/// The `--json` shape of a download: the plugin's `{'root': {'uuid': …}}` plus the chain.
+#[derive(serde::Serialize)]
+struct DownloadReport<'a> {
+    root: Root<'a>,
+    /// VDI UUIDs, leaf first.
+    chain: &'a [String],
+    files: &'a [PathBuf],
+    vhd_bytes: u64,
+    stream: &'a Digests,
+    summary: &'a Summary,
+}
+
+#[derive(serde::Serialize)]
+struct Root<'a> {
+    uuid: &'a str,
+}
+
+pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
+    let http = a.store.check().map_err(CliError::usage)?;
+    if http && a.image_id.is_none() {
+        return Err(CliError::usage(
+            "--image-id is required with an http(s) endpoint",
+        ));
+    }
+    let what = match &a.image_id {
+        Some(id) if http => format!("download of image {id}"),
+        _ => format!("download of {}", a.store.endpoints[0]),
+    };
+    let mut job = Job::start(&a.job, &a.sr_path, what.clone())?;
+    if a.store.endpoints[0] == "-" {
+        // Standard input cannot be read twice.
+        job.policy.retries = 0;
+    }
+    let opts = ImportOptions {
+        sr_path: a.sr_path.clone(),
+        // The plugin's uuid_stack is popped from the end: leaf-first flags, reversed.
+        uuid_stack: (!a.uuids.is_empty())
+            .then(|| a.uuids.iter().rev().map(|u| u.to_string()).collect()),
+        lock_dir: a.lock_dir.clone(),
+        transfer: job.transfer(&a.job),
+    };
+    let result = job.retry(&a.store, &what, |n| {
+        let endpoint = a.store.endpoint(n);
+        let source = match &a.image_id {
+            Some(id) if http => Source::Glance(a.store.glance(endpoint)?, id.clone()),
+            _ => Source::Local(Location::parse(endpoint)?),
+        };
+        transfer::download(&source, &opts)
+    });
+    let took = job.finish();
+    let (d, attempts) = result?;
+    let imp = &d.imported;
+    let summary = Summary::new(
+        a.image_id.as_deref().filter(|_| http),
+        a.store.endpoint(attempts.saturating_sub(1)),
+        attempts,
+        &d.stream,
+        took,
+    );
+    summary.say(&format!(
+        "{what}: {} into {} (leaf {})",
+        vhds(imp.uuids.len()),
+        a.sr_path.display(),
+        imp.root_uuid()
+    ));
+    if a.json {
+        output::json(&DownloadReport {
+            root: Root {
+                uuid: imp.root_uuid(),
+            },
+            chain: &imp.uuids,
+            files: &imp.files,
+            vhd_bytes: imp.bytes,
+            stream: &d.stream,
+            summary: &summary,
+        });
+    } else {
+        for u in &imp.uuids {
+            output::line(u);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
+    let http = a.store.check().map_err(CliError::usage)?;
+    if !http && a.store.endpoints[0] == "-" && a.json {
+        return Err(CliError::usage(
+            "--json with --endpoint -: stdout carries the image",
+        ));
+    }
+    if !http && a.create {
+        return Err(CliError::usage("--create needs an http(s) Glance endpoint"));
+    }
+    if http && a.image_id.is_none() && !a.create {
+        return Err(CliError::usage(
+            "--image-id (a queued image) or --create --name is required with an http(s) endpoint",
+        ));
+    }
+    let (level, warning) = pack::level(a.compression_level, &a.properties);
+    if let Some(w) = warning {
+        say(0, &format!("warning: {w}"));
+    }
+    let pack = PackOptions {
+        level,
+        threads: a
+            .threads
+            .map_or(PackOptions::default().threads, |t| t as usize),
+    };
+    let spec = match &a.leaf {
+        Some(l) => ChainSpec::Leaf(l.to_string()),
+        None => ChainSpec::Vdis(a.vdi.iter().map(|u| u.to_string()).collect()),
+    };
+    let what = match (&a.image_id, &a.name) {
+        (Some(id), _) if http => format!("upload to image {id}"),
+        (None, Some(name)) => format!("upload to a new image {name:?}"),
+        _ => format!("upload to {}", a.store.endpoints[0]),
+    };
+    let job = Job::start(&a.job, &a.sr_path, what.clone())?;
+    // The image: given, or created once (retried like the upload, on the next endpoint).
+    let image_id = match (&a.image_id, &a.name) {
+        _ if !http => None,
+        (Some(id), _) => Some(id.clone()),
+        (None, Some(name)) => {
+            let (id, _) = job.retry(&a.store, "create the image", |n| {
+                a.store
+                    .glance(a.store.endpoint(n))?
+                    .create(name, &a.properties)
+            })?;
+            say(0, &format!("created image {id}"));
+            Some(id)
+        }
+        (None, None) => unreachable!("checked above: --image-id or --create --name"),
+    };
+    let mut uploader = Uploader::new(&a.sr_path, &spec, pack, job.transfer(&a.job));
+    let result = job.retry(&a.store, &what, |n| {
+        let endpoint = a.store.endpoint(n);
+        let target = match &image_id {
+            Some(id) => {
+                if n > 0 {
+                    // A broken upload leaves the image queued in Glance; anything else
+                    // (active, killed) is checked before a byte is sent again.
+                    say(1, &format!("checking that image {id} is still queued"));
+                }
+                Target::Glance {
+                    glance: a.store.glance(endpoint)?,
+                    image_id: id.clone(),
+                    properties: a.properties.clone(),
+                }
+            }
+            None => Target::Local(Location::parse(endpoint)?),
+        };
+        uploader.attempt(&target)
+    });
+    let took = job.finish();
+    let (up, attempts) = result?;
+    if up.completed_earlier {
+        say(
+            0,
+            &format!(
+                "{what}: the previous attempt completed after all: the image is active with our checksum"
+            ),
+        );
+    }
+    let summary = Summary::new(
+        image_id.as_deref(),
+        a.store.endpoint(attempts.saturating_sub(1)),
+        attempts,
+        &up.stream,
+        took,
+    );
+    summary.say(&format!(
+        "{what}: {} (leaf {})",
+        vhds(up.uuids.len()),
+        up.uuids.first().map_or("-", String::as_str)
+    ));
+    if a.json {
+        output::json(&serde_json::json!({
+            "image_id": image_id,
+            "vdis": up.uuids,
+            "members": up.members,
+            "stream": up.stream,
+            "summary": summary,
+        }));
+    } else if let Some(id) = &image_id {
+        // Local "-" carries the image on stdout: nothing else may go there.
+        output::line(id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Remove staging directories left by killed processes.
+pub fn sweep(a: &SweepArgs) -> Result<ExitCode, CliError> {
+    let swept = crate::sr::sweep(&a.sr_path, Duration::from_secs(a.older_than), &a.lock_dir)?;
+    if a.json {
+        output::json(&serde_json::json!({ "swept": swept }));
+    } else if verbosity() >= 0 {
+        for s in &swept {
+            let what = if s.removed { "removed" } else { "kept" };
+            output::line(&format!("{what} {} ({})", s.path.display(), s.reason));
+            for f in &s.rolled_back {
+                output::line(&format!("  removed {} (half-moved chain)", f.display()));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,226 @@
+//! `glance-vhd vhd …`: the native VHD tools. `query` and `check` keep `vhd-util`'s
+//! output and errno exit codes so admin scripts can switch over; the rest report errors
+//! like every other command.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::args::{QueryArgs, VhdCommand};
+use super::output::{self, CliError};
+use crate::vhd::{self, check::CheckOptions, OpenMode, Vhd, VhdError};
+
+pub fn run(cmd: VhdCommand) -> Result<ExitCode, CliError> {
+    match cmd {
+        VhdCommand::Info { file, json } => {
+            let i = vhd::info::info(&file)?;
+            if json {
+                output::json(&i);
+            } else {
+                print!("{}", vhd::info::render(&i));
+            }
+        }
+        VhdCommand::Query(q) => return Ok(query(&q)),
+        VhdCommand::Check {
+            file,
+            name,
+            parents,
+            ignore_timestamps,
+            json,
+        } => {
+            let path = file.or(name).expect("clap requires one");
+            let opts = CheckOptions {
+                parents,
+                ignore_timestamps,
+            };
+            let problem = vhd::check::check(&path, opts).map_err(|e| CliError::errno(&e))?;
+            if json {
+                output::json(&serde_json::json!({
+                    "file": path, "valid": problem.is_none(), "problem": problem,
+                }));
+            } else {
+                match &problem {
+                    None => output::line(&format!("{} is valid", path.display())),
+                    Some(p) => output::line(&format!("{} is invalid: {p}", path.display())),
+                }
+            }
+            if problem.is_some() {
+                return Ok(ExitCode::from(vhd::error::EINVAL as u8));
+            }
+        }
+        VhdCommand::SetParent {
+            child,
+            parent,
+            raw,
+            json,
+        } => {
+            let r = vhd::relink::set_parent(&child, &parent, raw)?;
+            if json {
+                output::json(&r);
+            }
+        }
+        VhdCommand::SetHidden { file, value } => vhd::relink::set_hidden(&file, value)?,
+        VhdCommand::Snapshot {
+            parent,
+            child,
+            keep_empty_parents,
+            stamp,
+            json,
+        } => {
+            let s = vhd::create::snapshot(&parent, &child, keep_empty_parents, &stamp.stamp())?;
+            if json {
+                output::json(&s);
+            } else {
+                output::line(&s.uuid);
+            }
+        }
+        VhdCommand::Create {
+            file,
+            size,
+            stamp,
+            json,
+        } => {
+            vhd::create::create_dynamic(&file, size, &stamp.stamp())?;
+            if json {
+                // The size as created: rounded up to whole 2 MiB blocks.
+                let virtual_size = vhd::info::info(&file).map(|i| i.virtual_size).ok();
+                output::json(&serde_json::json!({"file": file, "virtual_size": virtual_size}));
+            }
+        }
+        VhdCommand::Read { file, out } => read(&file, &out)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read(file: &Path, out: &Path) -> Result<(), VhdError> {
+    let chain = vhd::chain::Chain::open(file)?;
+    if out == Path::new("-") {
+        let stdout = io::stdout();
+        let mut lock = stdout.lock();
+        return match chain.write_to(&mut lock) {
+            // `vhd read F - | head -c 1M`: the reader has what it wanted. Rust ignores
+            // SIGPIPE, so the closed pipe arrives as EPIPE — not a failure to report.
+            Err(e) if broken_pipe(&e) => Ok(()),
+            r => r.map(drop),
+        };
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)
+        .map_err(|e| VhdError::io(out, "create", e))?;
+    let sparse = f.metadata().map(|m| m.is_file()).unwrap_or(false);
+    chain.copy_to(&mut f, sparse)?;
+    f.sync_all().map_err(|e| VhdError::io(out, "fsync", e))?;
+    Ok(())
+}
+
+/// `vhd-util query`, line for line (vhd-format.md §8).
+/// Whether `e` is a write into a pipe whose reader is gone.
+fn broken_pipe(e: &VhdError) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return io.kind() == io::ErrorKind::BrokenPipe;
+        }
+        src = s.source();
+    }
+    false
+}
+
+fn query(q: &QueryArgs) -> ExitCode {
+    let name = q.name.display().to_string();
+    let open = Vhd::open(
+        &q.name,
+        OpenMode {
+            write: false,
+            ignore_disabled: true,
+        },
+    );
+    let v = match open {
+        Ok(v) => v,
+        Err(e) => {
+            let errno = e.errno();
+            output::line(&format!("error opening {name}: -{errno}"));
+            return output::report(&CliError::errno(&e), false);
+        }
+    };
+    let mut status = 0i32;
+    let out = io::stdout();
+    let mut o = out.lock();
+    if q.virt {
+        let _ = writeln!(o, "{}", v.footer.curr_size >> 20);
+    }
+    if q.phys {
+        let _ = writeln!(o, "{}", v.end_of_data() + 512);
+    }
+    if q.parent {
+        if !v.is_differencing() {
+            let _ = writeln!(o, "{name} has no parent");
+        } else if q.unresolved {
+            match vhd::locator::first_decoded(&v) {
+                Ok(Some(text)) => {
+                    let _ = writeln!(o, "{text}");
+                }
+                _ => {
+                    let _ = writeln!(o, "query failed");
+                    status = vhd::error::EINVAL;
+                }
+            }
+        } else {
+            match vhd::locator::find_parent(&v) {
+                Ok((p, _)) => {
+                    let _ = writeln!(o, "{}", p.display());
+                }
+                Err(e) => {
+                    let _ = writeln!(o, "query failed");
+                    status = e.errno();
+                }
+            }
+        }
+    }
+    if q.hidden {
+        // blktap prints the flag as a signed char (200 prints -56).
+        let _ = writeln!(o, "hidden: {}", hidden_as_blktap_reads_it(&v) as i8);
+    }
+    if q.marker {
+        let _ = writeln!(
+            o,
+            "marker: {}",
+            v.batmap.as_ref().map_or(0, |b| b.marker) as i8
+        );
+    }
+    if q.depth {
+        match vhd::check::chain_depth(&q.name) {
+            Ok(d) => {
+                let _ = writeln!(o, "chain depth: {d}");
+            }
+            Err(e) => {
+                let _ = writeln!(o, "error checking chain depth: -{}", e.errno());
+                status = e.errno();
+            }
+        }
+    }
+    if q.allocated {
+        let _ = writeln!(o, "{}", v.allocated_blocks());
+    }
+    if q.max_size {
+        let max_bat = v.header().map_or(0, |h| h.max_bat as u64);
+        let _ = writeln!(o, "{}", max_bat * 2);
+    }
+    ExitCode::from(status as u8)
+}
+
+/// blktap `vhd_hidden`: the footer in use, except that for old tap files (0.1, 1.1) the
+/// flag lives in the copy at offset 0.
+fn hidden_as_blktap_reads_it(v: &Vhd) -> u8 {
+    if v.footer.is_old_tap() && v.footer.is_dynamic_or_diff() {
+        let mut b = [0u8; vhd::FOOTER_SIZE];
+        if v.read_at(&mut b, 0, "read the footer copy").is_ok() {
+            return vhd::Footer::decode(&b).hidden;
+        }
+    }
+    v.footer.hidden
+}

@@ -1,0 +1,69 @@
+//! Download: open the image at the store, hash it on a prefetch thread while it streams
+//! into a staging directory in the SR, compare with the store's checksums, and only
+//! then link the chain and move it into the SR.
+
+use std::path::PathBuf;
+
+use super::{Result, Transfer};
+use crate::bundle::{self, Limits};
+use crate::sr::{self, Imported};
+use crate::store::{Digests, Expected, HashingReader, Source, StoreError};
+use crate::stream::Prefetch;
+
+/// Where and how to import.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub sr_path: PathBuf,
+    /// The plugin's `uuid_stack`: one UUID is popped from the **end** per file, leaf
+    /// first. Generated when `None`.
+    pub uuid_stack: Option<Vec<String>>,
+    /// Directory of the SM lock files ([`sr::sm_lock_dir`]); the lock is
+    /// `<dir>/<sr-uuid>/sr`.
+    pub lock_dir: PathBuf,
+    pub transfer: Transfer,
+}
+
+/// A finished download: the imported chain and what the wire carried.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Downloaded {
+    pub imported: Imported,
+    pub stream: Digests,
+    pub expected: Expected,
+}
+
+/// Download the image at `source` into the SR. Nothing reaches the SR unless the whole
+/// body arrived, hashes to what the store declares, and links into a valid chain; on
+/// every error the staging directory goes and the SR is as it was.
+pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
+    let (body, expected) = source.open()?;
+    if let (Some(p), Some(size)) = (&opts.transfer.progress, expected.size) {
+        p.set_total(size);
+    }
+    // The network read and both hashes run on their own thread, ahead of the inflate.
+    let mut body = Prefetch::new(HashingReader::new(opts.transfer.wrap(body)));
+    let import = sr::Import::begin(&opts.sr_path)?;
+    let limits = Limits {
+        free_space: import.free_space()?,
+        ..Limits::default()
+    };
+    let unpacked = bundle::unpack_with(
+        &mut body,
+        import.dir(),
+        limits,
+        opts.transfer.progress.as_deref(),
+    )?;
+    // The store's checksums are compared before anything is written into a VHD or
+    // reaches the SR: a corrupt download never becomes a VDI.
+    let stream = body
+        .finished()
+        .ok_or_else(|| StoreError::Protocol("the image was not read to its end".into()))?
+        .digests();
+    expected.verify(&stream)?;
+    let named = import.link(&unpacked.files, opts.uuid_stack.as_deref())?;
+    let imported = import.publish(named, &opts.lock_dir, unpacked.bytes)?;
+    Ok(Downloaded {
+        imported,
+        stream,
+        expected,
+    })
+}

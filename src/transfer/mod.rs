@@ -1,0 +1,89 @@
+//! The transfer engines, shared by the CLI and the plugin (DESIGN §4–§5): [`download`]
+//! (image store → gzipped tarball → staging → SR) and [`Uploader`] (SR → staging →
+//! gzipped tarball → image store). This is the one module that sees both ends: it
+//! drives [`crate::store`] for the wire, [`crate::bundle`] for the tarball and
+//! [`crate::sr`] for the files, and none of those knows the others.
+//!
+//! The engines only move bytes and report what they moved; retries, locks and display
+//! belong to the callers. The one piece of memory across attempts that belongs here —
+//! "did the attempt whose answer was lost complete after all?" — is [`Uploader`]'s.
+
+mod download;
+mod upload;
+
+pub use download::{download, Downloaded, ImportOptions};
+pub use upload::{upload, Uploaded, Uploader};
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::bundle::BundleError;
+use crate::error::{ErrorKind, Kind};
+use crate::progress::{Counting, Progress};
+use crate::sr::SrError;
+use crate::store::StoreError;
+use crate::stream::RateLimited;
+
+/// What went wrong, by where: each source keeps its own kind (a relink EIO stays an I/O
+/// error, a store 503 stays retryable, a hostile member stays invalid input).
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sr(#[from] SrError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The tar/gzip producer could not read a staged VHD.
+    #[error("{}: cannot read the chain for upload", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Kind for TransferError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            TransferError::Store(e) => e.kind(),
+            TransferError::Sr(e) => e.kind(),
+            TransferError::Bundle(e) => e.kind(),
+            TransferError::Read { .. } => ErrorKind::Io,
+        }
+    }
+}
+
+impl TransferError {
+    /// The image store's own answer (not the SR's, the tarball's or the VHD engine's):
+    /// only such a 404 is Nova's `ImageNotFound`.
+    pub fn from_store(&self) -> bool {
+        matches!(self, TransferError::Store(_))
+    }
+}
+
+pub type Result<T, E = TransferError> = std::result::Result<T, E>;
+
+/// How bytes move, for download and upload alike (the CLI's `--rate-limit` and its
+/// progress display; the plugin's syslog progress lines).
+#[derive(Debug, Clone, Default)]
+pub struct Transfer {
+    /// Bytes per second on the wire (the gzipped tarball), if limited.
+    pub rate_limit: Option<u64>,
+    /// Counted into as the transfer runs: wire bytes for a download (its total is the
+    /// size the store declares), VHD bytes read for an upload (total: the chain's size).
+    pub progress: Option<Arc<Progress>>,
+}
+
+impl Transfer {
+    /// `body` with the rate limit and the progress count applied: plain `Read`
+    /// adaptors, nothing flows back to the caller but the bytes.
+    fn wrap<'a, R: Read + Send + 'a>(&self, body: R) -> Box<dyn Read + Send + 'a> {
+        let counted = Counting::new(body, self.progress.clone());
+        match self.rate_limit {
+            Some(rate) => Box::new(RateLimited::new(counted, rate)),
+            None => Box::new(counted),
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Upload: stage the chain (hard links), tar and gzip it on a producer thread (all
+//! cores) into a bounded pipe that the store reads while hashing, then compare the
+//! store's record with what was sent. If anything fails while streaming, the store gets
+//! a broken stream ([`crate::stream::PipeReader`] never fakes an end), never a short
+//! complete image.
+
+use std::io;
+use std::path::Path;
+
+use super::{Result, Transfer, TransferError};
+use crate::bundle::pack::{self, PackOptions};
+use crate::sr::{self, ChainSpec};
+use crate::store::{Digests, HashingReader, StoreError, Target};
+
+/// A finished upload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Uploaded {
+    /// VDI UUIDs sent, in member order (leaf first).
+    pub uuids: Vec<String>,
+    pub members: Vec<String>,
+    /// What went over the wire (the gzipped tarball).
+    pub stream: Digests,
+    /// This attempt found the image already active with exactly the bytes of the
+    /// previous attempt, whose answer was lost: nothing was sent again.
+    #[serde(skip)]
+    pub completed_earlier: bool,
+}
+
+/// One chain to upload, attempt after attempt. It remembers what the last attempt
+/// handed over in full, so that a retry which finds the image no longer `queued` can
+/// tell "the lost attempt completed" (the image is active with exactly our MD5,
+/// SHA-512 and size: done) from "someone else's image" (fail).
+pub struct Uploader<'a> {
+    sr: &'a Path,
+    spec: &'a ChainSpec,
+    pack: PackOptions,
+    transfer: Transfer,
+    /// The last attempt's stream, if the store read it to its end.
+    handed_over: Option<Uploaded>,
+}
+
+impl<'a> Uploader<'a> {
+    pub fn new(sr: &'a Path, spec: &'a ChainSpec, pack: PackOptions, transfer: Transfer) -> Self {
+        Uploader {
+            sr,
+            spec,
+            pack,
+            transfer,
+            handed_over: None,
+        }
+    }
+
+    /// One attempt into `target`.
+    pub fn attempt(&mut self, target: &Target) -> Result<Uploaded> {
+        let previous = self.handed_over.take();
+        let (result, handed_over) = send(self.sr, self.spec, target, self.pack, &self.transfer);
+        self.handed_over = handed_over;
+        match result {
+            Err(TransferError::Store(StoreError::NotQueued { .. }))
+                if previous
+                    .as_ref()
+                    .is_some_and(|p| target.completed_by(&p.stream)) =>
+            {
+                let mut done = previous.expect("checked");
+                done.completed_earlier = true;
+                Ok(done)
+            }
+            r => r,
+        }
+    }
+}
+
+/// A single upload, no retry (the plugin: Nova owns retries).
+pub fn upload(
+    sr: &Path,
+    spec: &ChainSpec,
+    target: &Target,
+    pack: PackOptions,
+    transfer: Transfer,
+) -> Result<Uploaded> {
+    Uploader::new(sr, spec, pack, transfer).attempt(target)
+}
+
+/// Stage, stream, verify. Also returns what the store read to its end, whatever the
+/// outcome: if the answer was lost, the store may hold the complete image.
+fn send(
+    sr: &Path,
+    spec: &ChainSpec,
+    target: &Target,
+    pack: PackOptions,
+    transfer: &Transfer,
+) -> (Result<Uploaded>, Option<Uploaded>) {
+    if let Err(e) = target.prepare() {
+        return (Err(e.into()), None);
+    }
+    let exported = match sr::export(sr, spec) {
+        Ok(x) => x,
+        Err(e) => return (Err(e.into()), None),
+    };
+    let uploaded = |stream: Digests| Uploaded {
+        uuids: exported.uuids.clone(),
+        members: exported.members.iter().map(|(n, _)| n.clone()).collect(),
+        stream,
+        completed_earlier: false,
+    };
+    let (writer, reader) = crate::stream::pipe(8);
+    let fail_after = crate::testhooks::fail_upload_after();
+    let (sent, produced, handed_over) = std::thread::scope(|s| {
+        let members = &exported.members;
+        let producer = s.spawn(move || {
+            let out = FailAfter {
+                inner: writer,
+                left: fail_after.unwrap_or(u64::MAX),
+            };
+            pack::pack_with(members, out, pack, transfer.progress.clone())
+                .and_then(|w| w.inner.close())
+        });
+        // The rate limit applies to what goes on the wire; the pipe's back-pressure
+        // slows the compressors to match.
+        let mut body = HashingReader::new(transfer.wrap(reader));
+        let sent = target.send(&mut body).map(|rec| (rec, body.digests()));
+        let handed_over = body.at_eof().then(|| uploaded(body.digests()));
+        // Let the producer see a closed pipe before waiting for it.
+        drop(body);
+        let produced = producer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the tar/gzip producer panicked")));
+        (sent, produced, handed_over)
+    });
+    // The producer's own error explains a broken stream better than the store's view,
+    // unless it only saw the store hang up.
+    let (v1_record, stream) = match (sent, produced) {
+        (Ok(s), Ok(())) => s,
+        (Err(e), Err(p)) if p.kind() == io::ErrorKind::BrokenPipe => {
+            return (Err(e.into()), handed_over)
+        }
+        (_, Err(p)) => {
+            let e = TransferError::Read {
+                path: exported.staging.path().to_path_buf(),
+                source: p,
+            };
+            return (Err(e), handed_over);
+        }
+        (Err(e), Ok(())) => return (Err(e.into()), handed_over),
+    };
+    let result = target
+        .verify(&stream, v1_record)
+        .map(|()| uploaded(stream))
+        .map_err(TransferError::from);
+    (result, handed_over)
+}
+
+/// A writer that fails once `left` bytes have passed (the upload test hook
+/// [`crate::testhooks::FAIL_UPLOAD_AFTER`]).
+struct FailAfter<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W: io::Write> io::Write for FailAfter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other(
+                "injected failure (GLANCE_VHD_TEST_FAIL_UPLOAD_AFTER)",
+            ));
+        }
+        let n = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.write(&buf[..n])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
