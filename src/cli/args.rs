@@ -202,14 +202,14 @@ pub struct StoreArgs {
     )]
     pub endpoints: Vec<String>,
     /// Keystone token, sent as X-Auth-Token
-    #[arg(long, env = "OS_AUTH_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    #[arg(long, env = "OS_AUTH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Glance API version
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
     pub api_version: u8,
     /// Extra request header, e.g. 'X-Auth-Token: …' (repeatable)
-    #[arg(long = "header", value_parser = parse_header)]
-    pub headers: Vec<(String, String)>,
+    #[arg(long = "header", value_name = "'NAME: VALUE'")]
+    pub headers: Vec<String>,
     /// A CA certificate (PEM) to trust besides the system bundle
     #[arg(long, env = "OS_CACERT")]
     pub cacert: Option<PathBuf>,
@@ -232,8 +232,17 @@ fn is_http(endpoint: &str) -> bool {
 }
 
 impl StoreArgs {
-    /// All endpoints are Glance servers, or there is one local endpoint.
+    /// The usage rules clap cannot express; `Ok(true)` if the endpoints are Glance
+    /// servers. All endpoints are Glance servers, or there is one local endpoint; the
+    /// headers and the token follow the store's header rule. Flag *values* are checked
+    /// here, not by clap, so that a token or a header value never appears in an error
+    /// message (clap quotes the value it refuses).
     pub fn check(&self) -> Result<bool, String> {
+        self.headers()?;
+        if let Some(t) = &self.token {
+            crate::store::check_header("X-Auth-Token", t)
+                .map_err(|rule| format!("--token (or OS_AUTH_TOKEN): {rule}"))?;
+        }
         let http = self.endpoints.iter().filter(|e| is_http(e)).count();
         match (http, self.endpoints.len()) {
             (h, n) if h == n => Ok(true),
@@ -243,6 +252,21 @@ impl StoreArgs {
                 self.endpoints.join(" --endpoint ")
             )),
         }
+    }
+
+    /// `--header 'K: V'` → (K, V), by the store's header rule.
+    pub fn headers(&self) -> Result<Vec<(String, String)>, String> {
+        self.headers
+            .iter()
+            .map(|h| {
+                let (k, v) = h
+                    .split_once(':')
+                    .ok_or("a --header without ':' (use 'Name: value')")?;
+                let (k, v) = (k.trim(), v.trim());
+                crate::store::check_header(k, v).map_err(|rule| format!("--header: {rule}"))?;
+                Ok((k.to_string(), v.to_string()))
+            })
+            .collect()
     }
 
     /// The endpoint for attempt `n` (0-based): round robin.
@@ -257,7 +281,7 @@ impl StoreArgs {
             Api::V2
         };
         let mut cfg = GlanceConfig::new(endpoint, api);
-        cfg.headers = self.headers.clone();
+        cfg.headers = self.headers().map_err(StoreError::Header)?;
         crate::store::merge_token(&mut cfg.headers, self.token.as_deref());
         cfg.cacert = self.cacert.clone();
         cfg.insecure = self.insecure;
@@ -520,20 +544,4 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not a property (use key=value)"))?;
     crate::store::check_property_name(k)?;
     Ok((k.to_string(), v.to_string()))
-}
-
-/// `K: V` → (K, V).
-fn parse_header(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once(':')
-        .ok_or_else(|| format!("{s:?} is not a header (use 'Name: value')"))?;
-    let (k, v) = (k.trim(), v.trim());
-    crate::store::check_header(k, v)?;
-    Ok((k.to_string(), v.to_string()))
-}
-
-/// `--token`/`OS_AUTH_TOKEN`: sent as a header, so held to the header rule.
-fn parse_token(s: &str) -> Result<String, String> {
-    crate::store::check_header("X-Auth-Token", s)?;
-    Ok(s.to_string())
 }
