@@ -30,7 +30,7 @@ struct Job {
 }
 
 /// Buffers go round and come back: musl's allocator maps and unmaps every large
-/// allocation, and a fresh 128 KiB block per job cost more system time than deflate.
+/// allocation, and a fresh block buffer per job cost more system time than deflate.
 struct Done {
     output: Vec<u8>,
     input: Vec<u8>,
