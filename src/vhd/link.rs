@@ -189,3 +189,201 @@ pub fn link_chain(files: &[PathBuf]) -> Result<Chain, LinkError> {
     }
     Ok(chain)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::{Mutex, MutexGuard};
+
+    use super::*;
+    use crate::vhd::test_samples::unpack_as;
+
+    /// `GLANCE_VHD_TEST_FAIL` is process-wide: the tests that link take turns.
+    fn turn() -> MutexGuard<'static, ()> {
+        static TURN: Mutex<()> = Mutex::new(());
+        TURN.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bytes(p: &Path) -> Vec<u8> {
+        std::fs::read(p).unwrap()
+    }
+
+    fn refused(files: &[PathBuf]) -> LinkError {
+        let before: Vec<_> = files.iter().map(|f| std::fs::read(f).ok()).collect();
+        let e = link_chain(files).expect_err("linked");
+        let after: Vec<_> = files.iter().map(|f| std::fs::read(f).ok()).collect();
+        assert!(before == after, "a refused list was written to: {e}");
+        e
+    }
+
+    #[test]
+    fn relinks_byte_for_byte_as_vhd_util_modify() {
+        let _t = turn();
+        let d = tempfile::tempdir().unwrap();
+        let child = unpack_as(d.path(), "child.vhd", "child.vhd");
+        let parent = unpack_as(d.path(), "parent2.vhd", "parent2.vhd");
+        let want = bytes(&unpack_as(d.path(), "child-relinked.vhd", "want.vhd"));
+        let chain = link_chain(&[child.clone(), parent.clone()]).unwrap();
+        assert_eq!(chain.layers.len(), 2);
+        assert!(bytes(&child) == want, "not the bytes of vhd-util modify -p");
+        assert_eq!(
+            bytes(&parent),
+            bytes(&unpack_as(d.path(), "parent2.vhd", "p.vhd"))
+        );
+    }
+
+    #[test]
+    fn links_three_renamed_files_into_one_chain() {
+        let _t = turn();
+        let d = tempfile::tempdir().unwrap();
+        let files = vec![
+            unpack_as(d.path(), "grandchild.vhd", "a.vhd"),
+            unpack_as(d.path(), "child.vhd", "b.vhd"),
+            unpack_as(d.path(), "parent.vhd", "c.vhd"),
+        ];
+        let chain = link_chain(&files).unwrap();
+        let found: Vec<_> = chain
+            .layers
+            .iter()
+            .map(|l| l.path().to_path_buf())
+            .collect();
+        let want: Vec<_> = files.iter().map(|f| f.canonicalize().unwrap()).collect();
+        assert_eq!(found[0], files[0]);
+        assert_eq!(found[1..], want[1..]);
+        let h = chain.leaf().header().unwrap();
+        assert_eq!(h.parent_name_ascii().as_deref(), Some("b.vhd"));
+    }
+
+    #[test]
+    fn at_most_sixteen_files_and_at_least_one() {
+        let files: Vec<PathBuf> = (0..17)
+            .map(|i| PathBuf::from(format!("/nonexistent/{i}.vhd")))
+            .collect();
+        let e = link_chain(&files).unwrap_err();
+        assert_eq!(
+            (e.index, e.to_string().as_str()),
+            (0, "chain of 17 files; at most 16")
+        );
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        let e = link_chain(&[]).unwrap_err();
+        assert!(matches!(e.source, LinkCause::Empty), "{e}");
+    }
+
+    #[test]
+    fn a_base_that_claims_a_parent_is_refused_before_writing() {
+        let _t = turn();
+        let d = tempfile::tempdir().unwrap();
+        let files = [
+            unpack_as(d.path(), "grandchild.vhd", "0.vhd"),
+            unpack_as(d.path(), "child.vhd", "1.vhd"),
+        ];
+        let e = refused(&files);
+        assert_eq!(e.index, 1);
+        assert_eq!(
+            e.to_string(),
+            "the base of the image is a differencing disk (it claims a parent)"
+        );
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_dynamic_disk_with_a_parent_is_refused_before_writing() {
+        let _t = turn();
+        let d = tempfile::tempdir().unwrap();
+        let files = [
+            unpack_as(d.path(), "child.vhd", "0.vhd"),
+            unpack_as(d.path(), "parent2.vhd", "1.vhd"),
+            unpack_as(d.path(), "parent.vhd", "2.vhd"),
+        ];
+        let e = refused(&files);
+        assert_eq!(e.index, 1);
+        assert_eq!(
+            e.to_string(),
+            "is a dynamic disk but has a parent in the image"
+        );
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_file_that_is_no_vhd_is_refused_before_writing() {
+        let _t = turn();
+        let d = tempfile::tempdir().unwrap();
+        let junk = d.path().join("junk.vhd");
+        std::fs::write(&junk, vec![0u8; 4096]).unwrap();
+        let files = [unpack_as(d.path(), "child.vhd", "0.vhd"), junk];
+        let e = refused(&files);
+        assert_eq!(e.index, 1);
+        assert!(
+            matches!(e.source, LinkCause::Vhd(VhdError::Invalid { .. })),
+            "{e}"
+        );
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_rule_check_finds_broken_is_invalid_input() {
+        let _t = turn();
+        let d = tempfile::tempdir().unwrap();
+        let child = unpack_as(d.path(), "child.vhd", "0.vhd");
+        // The footer copy at offset 0, which opening does not read but check does:
+        // one timestamp byte changed, so its checksum no longer matches.
+        let mut b = bytes(&child);
+        b[off_timestamp()] ^= 1;
+        std::fs::write(&child, b).unwrap();
+        let files = [child, unpack_as(d.path(), "parent.vhd", "1.vhd")];
+        let e = link_chain(&files).unwrap_err();
+        assert_eq!(e.index, 0);
+        assert!(matches!(e.source, LinkCause::Check { .. }), "{e}");
+        assert!(e.to_string().starts_with("backup footer invalid: "), "{e}");
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    }
+
+    fn off_timestamp() -> usize {
+        crate::vhd::footer::off::TIMESTAMP
+    }
+
+    #[test]
+    fn a_hidden_leaf_is_refused() {
+        let _t = turn();
+        let d = tempfile::tempdir().unwrap();
+        let files = [
+            unpack_as(d.path(), "child-hidden.vhd", "0.vhd"),
+            unpack_as(d.path(), "parent.vhd", "1.vhd"),
+        ];
+        let e = link_chain(&files).unwrap_err();
+        assert_eq!(e.index, 0);
+        assert_eq!(
+            e.to_string(),
+            "the leaf is hidden: the SR garbage collector would delete it"
+        );
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn an_eio_while_relinking_is_an_io_error() {
+        let _t = turn();
+        let d = tempfile::tempdir().unwrap();
+        let files = [
+            unpack_as(d.path(), "grandchild.vhd", "0.vhd"),
+            unpack_as(d.path(), "child.vhd", "1.vhd"),
+            unpack_as(d.path(), "parent.vhd", "2.vhd"),
+        ];
+        let before: Vec<_> = files.iter().map(|f| bytes(f)).collect();
+        std::env::set_var(crate::testhooks::FAIL, "relink:1");
+        let e = link_chain(&files).unwrap_err();
+        std::env::remove_var(crate::testhooks::FAIL);
+        assert_eq!(e.index, 1);
+        assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+        let LinkCause::Vhd(VhdError::Io { source, .. }) = &e.source else {
+            panic!("not an I/O error: {e:?}");
+        };
+        assert_eq!(source.raw_os_error(), Some(nix::libc::EIO));
+        // Its cause follows it in the error chain, once.
+        let cause = std::error::Error::source(&e).expect("a source").to_string();
+        assert!(cause.contains("os error 5"), "{cause}");
+        assert!(!e.to_string().contains(&cause), "{e}");
+        // File 0 was relinked before the failure; 1 and 2 were not touched.
+        assert!(bytes(&files[0]) != before[0]);
+        assert!(bytes(&files[1]) == before[1] && bytes(&files[2]) == before[2]);
+    }
+}

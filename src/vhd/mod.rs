@@ -22,6 +22,8 @@ pub mod info;
 pub mod link;
 pub mod locator;
 pub mod relink;
+#[cfg(test)]
+mod test_samples;
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -254,3 +254,68 @@ pub fn set_hidden(path: &Path, value: u8) -> Result<()> {
     }
     vhd.sync()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vhd::create::{snapshot, Stamp};
+    use crate::vhd::error::ENAMETOOLONG;
+    use crate::vhd::locator::first_decoded;
+    use crate::vhd::test_samples::unpack_as;
+
+    #[test]
+    fn a_parent_name_too_long_for_blktaps_locators_is_refused_before_writing() {
+        let d = tempfile::tempdir().unwrap();
+        let child = unpack_as(d.path(), "child.vhd", "child.vhd");
+        // "./" and 254 characters: the UTF-16 copy would just fill a 512-byte slot, but
+        // blktap's snapshot refuses relative paths over 254, and so do both our writers.
+        let long = format!("{}.vhd", "x".repeat(250));
+        unpack_as(d.path(), "parent2.vhd", &long);
+        let before = std::fs::read(&child).unwrap();
+        let e = set_parent(&child, &d.path().join(&long), false).unwrap_err();
+        assert_eq!(e.errno(), ENAMETOOLONG, "{e}");
+        let msg = e.to_string();
+        assert!(msg.starts_with(&format!("{}: ", child.display())), "{msg}");
+        assert!(
+            msg.contains("parent path too long for blktap's locators"),
+            "{msg}"
+        );
+        assert!(
+            std::fs::read(&child).unwrap() == before,
+            "child.vhd was written"
+        );
+        // Two characters fewer fit.
+        let fits = format!("{}.vhd", "y".repeat(248));
+        unpack_as(d.path(), "parent2.vhd", &fits);
+        let r = set_parent(&child, &d.path().join(&fits), false).unwrap();
+        assert_eq!(r.relative_path.len(), 254);
+    }
+
+    #[test]
+    fn snapshot_and_set_parent_write_the_same_link() {
+        let d = tempfile::tempdir().unwrap();
+        let parent = unpack_as(d.path(), "parent2.vhd", "parent2.vhd");
+        let child = unpack_as(d.path(), "empty-child.vhd", "relinked.vhd");
+        set_parent(&child, &parent, false).unwrap();
+        let snap = d.path().join("snap.vhd");
+        snapshot(&parent, &snap, true, &Stamp::default()).unwrap();
+        let (a, b) = (
+            Vhd::open(&child, OpenMode::READ).unwrap(),
+            Vhd::open(&snap, OpenMode::READ).unwrap(),
+        );
+        let (ha, hb) = (a.header().unwrap(), b.header().unwrap());
+        assert_eq!(ha.parent_uuid, hb.parent_uuid);
+        assert_eq!(ha.parent_timestamp, hb.parent_timestamp);
+        assert_eq!(ha.parent_name, hb.parent_name);
+        for slot in 0..3 {
+            let (la, lb) = (ha.locators[slot], hb.locators[slot]);
+            assert_eq!(
+                (la.code, la.data_len),
+                (lb.code, lb.data_len),
+                "slot {slot}"
+            );
+        }
+        assert_eq!(first_decoded(&a).unwrap().as_deref(), Some("./parent2.vhd"));
+        assert_eq!(first_decoded(&b).unwrap().as_deref(), Some("./parent2.vhd"));
+    }
+}
