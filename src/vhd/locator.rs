@@ -123,18 +123,23 @@ impl ParentLink {
             ));
         }
         let units: Vec<u8> = name.encode_utf16().flat_map(|u| u.to_be_bytes()).collect();
-        if units.len() > PARENT_NAME_SIZE || relative.len() > MAX_RELATIVE_PATH {
-            return Err(VhdError::refused(
-                child,
-                format!(
-                    "parent path too long for blktap's locators (a relative path of {} \
-                     characters, at most {MAX_RELATIVE_PATH}; a name of {}, at most {})",
-                    relative.len(),
-                    name.len(),
-                    PARENT_NAME_SIZE / 2
-                ),
-                ENAMETOOLONG,
-            ));
+        let too_long = if relative.len() > MAX_RELATIVE_PATH {
+            Some(format!(
+                "parent path too long for blktap's locators: its {} characters do not fit \
+                 in {MAX_RELATIVE_PATH}",
+                relative.len()
+            ))
+        } else if units.len() > PARENT_NAME_SIZE {
+            Some(format!(
+                "parent file name too long for the header: its {} characters do not fit in {}",
+                name.len(),
+                PARENT_NAME_SIZE / 2
+            ))
+        } else {
+            None
+        };
+        if let Some(what) = too_long {
+            return Err(VhdError::refused(child, what, ENAMETOOLONG));
         }
         let mut name_field = [0u8; PARENT_NAME_SIZE];
         name_field[..units.len()].copy_from_slice(&units);
