@@ -22,8 +22,9 @@ use crate::error::{ErrorKind, Kind};
 use crate::progress::Progress;
 use crate::stream::Writeback;
 
-/// At most this many VHDs in one image (the old plugins' limit).
-pub const MAX_FILES: usize = 16;
+/// At most this many VHDs in one image: the chain limit, checked here before unpacking
+/// more.
+pub const MAX_FILES: usize = crate::vhd::MAX_IMAGE_CHAIN;
 
 /// Tar metadata accepted before a member's data: its header and what describes it (GNU
 /// long names, pax records). The tar reader holds long names and pax records in memory

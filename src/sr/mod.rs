@@ -22,10 +22,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ErrorKind, Kind};
-use crate::vhd::{self, chain::Chain, check::CheckOptions, OpenMode, Vhd, VhdError};
+use crate::vhd::{self, LinkError, VhdError};
 
-/// The deepest chain an image may carry (the old plugins' limit).
-pub const MAX_IMAGE_CHAIN: usize = 16;
+pub use crate::vhd::MAX_IMAGE_CHAIN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SrError {
@@ -33,6 +32,14 @@ pub enum SrError {
     Vhd(#[from] VhdError),
     #[error("{file}: {rule}")]
     Chain { file: String, rule: String },
+    /// The cause is the source, so `image member <name> (<uuid>.vhd): <cause>` in the
+    /// printed chain.
+    #[error("image member {member}")]
+    Link {
+        member: String,
+        #[source]
+        source: LinkError,
+    },
     #[error("{}: cannot {op}", path.display())]
     Io {
         path: PathBuf,
@@ -52,6 +59,7 @@ impl Kind for SrError {
     fn kind(&self) -> ErrorKind {
         match self {
             SrError::Vhd(e) => e.kind(),
+            SrError::Link { source, .. } => source.kind(),
             SrError::Chain { .. } | SrError::Args(_) => ErrorKind::InvalidInput,
             SrError::Io { .. } | SrError::Exists { .. } => ErrorKind::Io,
             SrError::Locked { .. } => ErrorKind::Locked,
@@ -119,13 +127,11 @@ impl Import {
         free_space(&self.sr)
     }
 
-    /// Check the unpacked `files` (leaf first, under their member names), name each after
-    /// its VDI UUID — popped from the **end** of `uuid_stack`, leaf first, as the Python
-    /// plugin did; generated when `None` — and link them into a valid chain. Returns the
-    /// files under their new names, leaf first.
+    /// Name each unpacked file (leaf first, under its member name) after its VDI UUID —
+    /// popped from the **end** of `uuid_stack`, leaf first, as the Python plugin did;
+    /// generated when `None` — and link them into a valid chain ([`vhd::link_chain`]).
+    /// Returns the files under their new names, leaf first.
     pub fn link(&self, files: &[PathBuf], uuid_stack: Option<&[String]>) -> Result<Named> {
-        // Under their member names first, so errors name the member (0.vhd, image.vhd…).
-        check_roles(files)?;
         let n = files.len();
         let mut stack: Vec<String> = match uuid_stack {
             Some(s) => s.to_vec(),
@@ -152,8 +158,16 @@ impl Import {
             uuids.push(u);
             named.push(to);
         }
-        let members: Vec<String> = files.iter().map(|f| file_name(f)).collect();
-        link_and_validate(&named, &members)?;
+        // Errors name the image member and the VDI it was to become; the cause keeps its
+        // kind (a disk error while relinking is I/O, not a broken image).
+        vhd::link_chain(&named).map_err(|e| SrError::Link {
+            member: format!(
+                "{} ({})",
+                files.get(e.index).map(|f| file_name(f)).unwrap_or_default(),
+                named.get(e.index).map(|f| file_name(f)).unwrap_or_default()
+            ),
+            source: e,
+        })?;
         Ok(Named {
             uuids,
             files: named,
@@ -182,93 +196,10 @@ pub struct Named {
     pub files: Vec<PathBuf>,
 }
 
-/// Relink each file to the next (native `vhd-util modify -p`), then validate every file
-/// and the chain: the base has no parent, parent UUIDs match, no loops, depth ≤ 16, the
-/// leaf is not hidden.
-fn link_and_validate(files: &[PathBuf], members: &[String]) -> Result<()> {
-    // Errors name the image member and the VDI it was to become.
-    let label = |i: usize| format!("image member {} ({})", members[i], file_name(&files[i]));
-    let chain_err = |i: usize| {
-        move |e: VhdError| SrError::Chain {
-            file: label(i),
-            rule: e.to_string(),
-        }
-    };
-    for (i, pair) in files.windows(2).enumerate() {
-        crate::testhooks::pause("relink", i);
-        vhd::relink::set_parent(&pair[0], &pair[1], false).map_err(chain_err(i))?;
-    }
-    let opts = CheckOptions {
-        parents: false,
-        // A clock-skewed creator should not make an image unusable.
-        ignore_timestamps: true,
-    };
-    for (i, f) in files.iter().enumerate() {
-        if let Some(problem) = vhd::check::check(f, opts).map_err(chain_err(i))? {
-            return Err(SrError::Chain {
-                file: label(i),
-                rule: problem,
-            });
-        }
-    }
-    let chain = Chain::open(&files[0]).map_err(chain_err(0))?;
-    if chain.layers.len() != files.len() {
-        return Err(SrError::Chain {
-            file: label(0),
-            rule: format!(
-                "chain has {} files after relinking, the image {}",
-                chain.layers.len(),
-                files.len()
-            ),
-        });
-    }
-    if chain.leaf().footer.hidden != 0 {
-        // The SR garbage collector deletes a hidden VHD that has no children.
-        return Err(SrError::Chain {
-            file: label(0),
-            rule: "the leaf is hidden: the SR garbage collector would delete it".into(),
-        });
-    }
-    Ok(())
-}
-
 fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// Every file opens as a VHD, the base has no parent and every other file is a
-/// differencing disk: checked before anything is written into any of them.
-fn check_roles(files: &[PathBuf]) -> Result<()> {
-    if files.len() > MAX_IMAGE_CHAIN {
-        return Err(SrError::Chain {
-            file: file_name(&files[0]),
-            rule: format!("chain of {} files; at most {MAX_IMAGE_CHAIN}", files.len()),
-        });
-    }
-    let name = file_name;
-    for (i, f) in files.iter().enumerate() {
-        let v = Vhd::open(f, OpenMode::READ)?;
-        let last = i + 1 == files.len();
-        if last && v.is_differencing() {
-            // A base that claims a parent could point at another VDI in the SR.
-            return Err(SrError::Chain {
-                file: name(f),
-                rule: "the base of the image is a differencing disk (it claims a parent)".into(),
-            });
-        }
-        if !last && !v.is_differencing() {
-            return Err(SrError::Chain {
-                file: name(f),
-                rule: format!(
-                    "is a {} disk but has a parent in the image",
-                    v.disk_type().name()
-                ),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Bytes available to us on the SR's file system.

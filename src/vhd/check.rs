@@ -11,6 +11,8 @@
 //! that is not a multiple of 2 MiB).
 
 use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::batmap;
@@ -35,7 +37,7 @@ const FUTURE_SLACK: u32 = 1800;
 /// The first broken rule of `path`, or `None` when it is valid. Errors only when the
 /// file cannot be read at all.
 pub fn check(path: &Path, opts: CheckOptions) -> Result<Option<String>> {
-    if let Some(p) = check_one(path, opts)? {
+    if let Some(p) = check_path(path, opts)? {
         return Ok(Some(p));
     }
     if !opts.parents {
@@ -49,7 +51,7 @@ pub fn check(path: &Path, opts: CheckOptions) -> Result<Option<String>> {
     let mut child = (path.to_path_buf(), chain.virtual_size());
     for layer in &chain.layers[1..] {
         let Layer::Vhd(p) = layer else { break };
-        if let Some(problem) = check_one(&p.path, opts)? {
+        if let Some(problem) = check_path(&p.path, opts)? {
             return Ok(Some(format!("parent {}: {problem}", p.path.display())));
         }
         if p.virtual_size() > child.1 {
@@ -66,9 +68,44 @@ pub fn check(path: &Path, opts: CheckOptions) -> Result<Option<String>> {
     Ok(None)
 }
 
+fn check_path(path: &Path, opts: CheckOptions) -> Result<Option<String>> {
+    let file = File::open(path).map_err(|e| VhdError::io(path, "open", e))?;
+    check_one(path, file, opts, None)
+}
+
+/// [`check`] without `parents`, on a file the caller already has open (`path` names it
+/// in messages). `parent`, when given, is the open parent the caller expects: a locator
+/// that leads to that very file (same device and inode) is compared with its footer
+/// UUID instead of opening the file again. Used by [`super::link::link_chain`], which
+/// holds every file of the chain open.
+pub fn check_open(
+    path: &Path,
+    file: &File,
+    opts: CheckOptions,
+    parent: Option<&Vhd>,
+) -> Result<Option<String>> {
+    // A second descriptor of the same open file, not a second open: `Vhd` owns its file.
+    let file = file
+        .try_clone()
+        .map_err(|e| VhdError::io(path, "duplicate the descriptor", e))?;
+    check_one(
+        path,
+        file,
+        CheckOptions {
+            parents: false,
+            ..opts
+        },
+        parent,
+    )
+}
+
 /// The rules for one file, in blktap's order.
-fn check_one(path: &Path, opts: CheckOptions) -> Result<Option<String>> {
-    let file = std::fs::File::open(path).map_err(|e| VhdError::io(path, "open", e))?;
+fn check_one(
+    path: &Path,
+    file: File,
+    opts: CheckOptions,
+    known_parent: Option<&Vhd>,
+) -> Result<Option<String>> {
     let meta = file.metadata().map_err(|e| VhdError::io(path, "stat", e))?;
     if !(meta.is_file() || super::locator::is_block_device(&meta)) {
         return Ok(Some("not a regular file or block device".into()));
@@ -138,7 +175,7 @@ fn check_one(path: &Path, opts: CheckOptions) -> Result<Option<String>> {
     if let Some(p) = raw_header_problem(&Header::decode(&hraw), primary_at) {
         return Ok(Some(format!("header is invalid: {p}")));
     }
-    let vhd = match Vhd::open(path, OpenMode::READ) {
+    let vhd = match Vhd::from_file(path, file, size, OpenMode::READ) {
         Ok(v) => v,
         Err(e @ VhdError::Invalid { .. }) => return Ok(Some(format!("error opening: {e}"))),
         Err(e) => return Err(e),
@@ -153,7 +190,7 @@ fn check_one(path: &Path, opts: CheckOptions) -> Result<Option<String>> {
         return Ok(Some(format!("batmap is invalid: {p}")));
     }
     if vhd.is_differencing() {
-        return locator_problem(&vhd);
+        return locator_problem(&vhd, known_parent);
     }
     Ok(None)
 }
@@ -381,7 +418,7 @@ fn batmap_problem(vhd: &Vhd) -> Option<String> {
 
 /// `vhd_util_check_parent_locators`: every slot well formed, no duplicate codes, and
 /// every path slot must decode, name the header's parent and lead to it.
-fn locator_problem(vhd: &Vhd) -> Result<Option<String>> {
+fn locator_problem(vhd: &Vhd, known_parent: Option<&Vhd>) -> Result<Option<String>> {
     let h = vhd.header().expect("differencing disk");
     let pname = h.parent_name_ascii().unwrap_or_default();
     let mut seen = HashSet::new();
@@ -440,7 +477,15 @@ fn locator_problem(vhd: &Vhd) -> Result<Option<String>> {
         if h.parent_uuid == [0; 16] {
             continue; // a raw parent has no uuid to compare
         }
-        match Vhd::open(&parent, OpenMode::READ) {
+        let opened;
+        let found = match known_parent.filter(|k| is_open_file(k, &parent)) {
+            Some(k) => Ok(k),
+            None => {
+                opened = Vhd::open(&parent, OpenMode::READ);
+                opened.as_ref()
+            }
+        };
+        match found {
             Ok(p) if p.footer.uuid == h.parent_uuid => {}
             Ok(p) => {
                 return Ok(Some(format!(
@@ -462,6 +507,14 @@ fn locator_problem(vhd: &Vhd) -> Result<Option<String>> {
         return Ok(Some(format!("could not find parent {pname}")));
     }
     Ok(None)
+}
+
+/// `path` names the file `vhd` has open (same device and inode).
+fn is_open_file(vhd: &Vhd, path: &Path) -> bool {
+    match (vhd.file().metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
 }
 
 /// Depth of the chain (`vhd-util query -d`): 1 for a disk without parent.

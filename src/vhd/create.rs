@@ -12,13 +12,13 @@ use std::path::Path;
 
 use super::batmap::Batmap;
 use super::bytes::round_up_sector;
-use super::error::{EEXIST, EILSEQ, EINVAL};
+use super::error::{EEXIST, EINVAL};
 use super::footer::{
     Footer, Geometry, CREATOR_TAP, FEATURE_RESERVED, FILE_FORMAT_VERSION, TAP_CURRENT_VERSION,
     VHD_EPOCH,
 };
-use super::header::{code, Header, Locator, BLOCK_SIZE_2M, PARENT_NAME_SIZE};
-use super::locator::{canonical, encode, relative_path};
+use super::header::{code, Header, Locator, BLOCK_SIZE_2M};
+use super::locator::{canonical, ParentLink};
 use super::{
     DiskType, OpenMode, Result, Vhd, VhdError, FOOTER_SIZE, HEADER_SIZE, MAX_VIRTUAL_SIZE,
 };
@@ -108,11 +108,9 @@ impl NewFile {
         let mut at = batmap.map_end();
         let mut locators = Vec::new();
         if let Some(p) = parent {
-            header.parent_uuid = p.uuid;
-            header.parent_timestamp = p.timestamp;
-            header.parent_name = p.name;
+            p.apply(&mut header);
             for (slot, c) in [code::MACX, code::W2KU, code::W2RU].into_iter().enumerate() {
-                let data = encode(c, &p.relative);
+                let data = p.locator_data(c);
                 let space = round_up_sector(data.len() as u64)
                     .expect("short path")
                     .max(512);
@@ -207,13 +205,6 @@ fn round_up_block(size: u64) -> u64 {
     size.checked_next_multiple_of(bs).unwrap_or(u64::MAX)
 }
 
-struct ParentLink {
-    uuid: [u8; 16],
-    timestamp: u32,
-    name: [u8; PARENT_NAME_SIZE],
-    relative: String,
-}
-
 /// What `snapshot` made.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Snapshot {
@@ -281,37 +272,10 @@ pub fn snapshot(
     }
     let max_bat = check_size(child, size)?;
     let child_abs = canonical(child).map_err(|e| VhdError::io(child, "resolve", e))?;
-    let relative = relative_path(&child_abs, &parent_abs);
-    let name = parent_abs
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if !relative.is_ascii() || !name.is_ascii() {
-        return Err(VhdError::refused(
-            &parent_abs,
-            "blktap stores ASCII parent paths only",
-            EILSEQ,
-        ));
-    }
-    let mut name_field = [0u8; PARENT_NAME_SIZE];
-    let units: Vec<u8> = name.encode_utf16().flat_map(|u| u.to_be_bytes()).collect();
-    if units.len() > PARENT_NAME_SIZE || relative.len() > 254 {
-        return Err(VhdError::refused(
-            &parent_abs,
-            "parent path too long for blktap's locators",
-            super::error::ENAMETOOLONG,
-        ));
-    }
-    name_field[..units.len()].copy_from_slice(&units);
     let mtime = std::fs::metadata(&parent_abs)
         .map_err(|e| VhdError::io(&parent_abs, "stat", e))?
         .mtime();
-    let link = ParentLink {
-        uuid: p.footer.uuid,
-        timestamp: (mtime - VHD_EPOCH) as u32,
-        name: name_field,
-        relative,
-    };
+    let link = ParentLink::new(child, &child_abs, &parent_abs, p.footer.uuid, mtime)?;
     let mut file = NewFile::layout(DiskType::Differencing, size, max_bat, stamp, Some(link));
     // An encrypted parent's key hash travels to the child (vhd_snapshot: cookie 1 only).
     if let Some(pbm) = &p.batmap {

@@ -143,8 +143,10 @@ impl Geometry {
     }
 }
 
-/// A decoded footer. `raw` keeps the exact bytes read, so rewriting one field never
-/// disturbs another.
+/// A decoded footer. Every byte of the 512 lands in a field (the 426 after `hidden` in
+/// `reserved`), so [`Footer::encode_raw`] gives back the exact bytes decoded and
+/// rewriting one field (`set_hidden`) never disturbs another. The bytes as read are
+/// also kept whole in [`super::Vhd::footer_raw`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Footer {
     pub cookie: [u8; 8],

@@ -9,7 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::header::{code, Locator};
+use super::error::{EILSEQ, ENAMETOOLONG};
+use super::footer::VHD_EPOCH;
+use super::header::{code, Header, Locator, PARENT_NAME_SIZE};
 use super::{Result, Vhd, VhdError};
 
 /// Longest locator data we read: Windows reserves 64 KiB for W2ru but writes a few
@@ -76,6 +78,91 @@ pub fn encode(code_: u32, rel: &str) -> Vec<u8> {
             };
             win.encode_utf16().flat_map(|u| u.to_le_bytes()).collect()
         }
+    }
+}
+
+/// Longest relative parent path a child may carry: blktap's locator slots are 512 bytes,
+/// and the UTF-16 W2ku/W2ru copies (`.\` plus two bytes a character) fill one at 254
+/// characters. `snapshot` and `set_parent` both refuse longer paths before writing.
+pub const MAX_RELATIVE_PATH: usize = 254;
+
+/// What a child says about its parent, encoded once for every writer (`snapshot`'s new
+/// child, `set_parent`'s relink): the header's parent UUID, timestamp (the parent's
+/// mtime) and UTF-16BE name, and the relative path the path locators hold.
+#[derive(Debug, Clone)]
+pub struct ParentLink {
+    pub uuid: [u8; 16],
+    pub timestamp: u32,
+    pub name: [u8; PARENT_NAME_SIZE],
+    pub relative: String,
+}
+
+impl ParentLink {
+    /// The link from `child` (the file to be written, named in errors) to `parent_abs`,
+    /// both canonical (`child_abs` by [`canonical`]), with the parent's footer UUID (zero
+    /// for a raw parent) and mtime in Unix seconds. Refuses what blktap cannot store:
+    /// non-ASCII paths (EILSEQ), a name over [`PARENT_NAME_SIZE`] bytes in UTF-16 or a
+    /// relative path over [`MAX_RELATIVE_PATH`] characters (ENAMETOOLONG).
+    pub fn new(
+        child: &Path,
+        child_abs: &Path,
+        parent_abs: &Path,
+        uuid: [u8; 16],
+        parent_mtime: i64,
+    ) -> Result<ParentLink> {
+        let relative = relative_path(child_abs, parent_abs);
+        let name = parent_abs
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !relative.is_ascii() || !name.is_ascii() {
+            return Err(VhdError::refused(
+                child,
+                format!("parent path {relative:?}: blktap stores ASCII parent paths only"),
+                EILSEQ,
+            ));
+        }
+        let units: Vec<u8> = name.encode_utf16().flat_map(|u| u.to_be_bytes()).collect();
+        let too_long = if relative.len() > MAX_RELATIVE_PATH {
+            Some(format!(
+                "parent path too long for blktap's locators: its {} characters do not fit \
+                 in {MAX_RELATIVE_PATH}",
+                relative.len()
+            ))
+        } else if units.len() > PARENT_NAME_SIZE {
+            Some(format!(
+                "parent file name too long for the header: its {} characters do not fit in {}",
+                name.len(),
+                PARENT_NAME_SIZE / 2
+            ))
+        } else {
+            None
+        };
+        if let Some(what) = too_long {
+            return Err(VhdError::refused(child, what, ENAMETOOLONG));
+        }
+        let mut name_field = [0u8; PARENT_NAME_SIZE];
+        name_field[..units.len()].copy_from_slice(&units);
+        Ok(ParentLink {
+            uuid,
+            // blktap stores the mtime in 32 bits from 2000 and wraps the same way.
+            timestamp: (parent_mtime - VHD_EPOCH) as u32,
+            name: name_field,
+            relative,
+        })
+    }
+
+    /// The data of a path locator slot of platform `code_` (MacX, W2ku, W2ru).
+    pub fn locator_data(&self, code_: u32) -> Vec<u8> {
+        encode(code_, &self.relative)
+    }
+
+    /// Put the parent UUID, timestamp and name in `header` (the locators are the
+    /// caller's: where their data goes differs between a new file and a relink).
+    pub fn apply(&self, header: &mut Header) {
+        header.parent_uuid = self.uuid;
+        header.parent_timestamp = self.timestamp;
+        header.parent_name = self.name;
     }
 }
 

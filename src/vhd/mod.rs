@@ -7,7 +7,8 @@
 //! on every offset and caps on every allocation, so a hostile file gives an error that
 //! names the file, the field and the value. The operations live in their own files:
 //! `check` (vhd-util check), `chain` (parents and reads through them), `relink`
-//! (change parent, hidden), `create` (new dynamic disks and snapshots).
+//! (change parent, hidden), `create` (new dynamic disks and snapshots), `link` (a list
+//! of files made into one validated chain, as an image import needs).
 
 mod batmap;
 mod bytes;
@@ -18,8 +19,11 @@ pub mod error;
 pub mod footer;
 pub mod header;
 pub mod info;
+pub mod link;
 pub mod locator;
 pub mod relink;
+#[cfg(test)]
+mod test_samples;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -30,6 +34,7 @@ pub use batmap::Batmap;
 pub use error::{Result, VhdError};
 pub use footer::{DiskType, Footer, FOOTER_SIZE};
 pub use header::{Header, Locator, HEADER_SIZE};
+pub use link::{link_chain, LinkCause, LinkError, MAX_IMAGE_CHAIN};
 
 /// A BAT entry that points nowhere.
 pub const BAT_UNUSED: u32 = 0xFFFF_FFFF;
@@ -96,7 +101,14 @@ impl Vhd {
         Vhd::from_file(path, file, file_size, mode)
     }
 
-    fn from_file(path: &Path, file: File, file_size: u64, mode: OpenMode) -> Result<Vhd> {
+    /// [`Vhd::open`] on a file already open (with the access `mode` asks for) whose size
+    /// the caller has taken.
+    pub(crate) fn from_file(
+        path: &Path,
+        file: File,
+        file_size: u64,
+        mode: OpenMode,
+    ) -> Result<Vhd> {
         if file_size < FOOTER_SIZE as u64 - 1 {
             return Err(VhdError::invalid(
                 path,

@@ -11,10 +11,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::chain::{ancestors_best_effort, same_file, MAX_CHAIN_DEPTH};
-use super::error::{EILSEQ, EINVAL, ELOOP, ENAMETOOLONG, ENOENT};
-use super::footer::VHD_EPOCH;
-use super::header::{code, PARENT_NAME_SIZE};
-use super::locator::{canonical, encode, relative_path};
+use super::error::{EINVAL, ELOOP, ENAMETOOLONG, ENOENT};
+use super::header::code;
+use super::locator::{canonical, ParentLink};
 use super::{OpenMode, Result, Vhd, VhdError, BAT_UNUSED};
 use super::{FOOTER_SIZE, HEADER_SIZE};
 
@@ -33,6 +32,26 @@ pub struct Relinked {
 /// a raw file and the parent UUID is zeroed (blktap `-m`).
 pub fn set_parent(child: &Path, parent: &Path, raw: bool) -> Result<Relinked> {
     let vhd = Vhd::open(child, OpenMode::WRITE)?;
+    let new_parent = if raw { NewParent::Raw } else { NewParent::Vhd };
+    relink(&vhd, parent, new_parent)
+}
+
+/// What the new parent is, for [`relink`].
+#[derive(Debug, Clone, Copy)]
+pub enum NewParent<'a> {
+    /// A raw file: the parent UUID is zeroed (blktap `-m`).
+    Raw,
+    /// A VHD, opened here; refused if its chain leads back to the child.
+    Vhd,
+    /// A VHD the caller already has open (the handle of `parent`), and whose ancestors
+    /// the caller knows cannot include the child: [`super::link::link_chain`], where the
+    /// list itself is the chain and its walk is checked once everything is linked.
+    Open(&'a Vhd),
+}
+
+/// [`set_parent`] on a child already open for writing: the same checks, the same bytes.
+pub fn relink(vhd: &Vhd, parent: &Path, new_parent: NewParent<'_>) -> Result<Relinked> {
+    let child = vhd.path.as_path();
     if !vhd.is_differencing() {
         return Err(VhdError::refused(
             child,
@@ -67,78 +86,55 @@ pub fn set_parent(child: &Path, parent: &Path, raw: bool) -> Result<Relinked> {
             ELOOP,
         ));
     }
-    let parent_uuid = if raw {
-        [0u8; 16]
-    } else {
-        let p = Vhd::open(&parent_abs, OpenMode::READ).map_err(|e| {
-            VhdError::refused(
-                parent,
-                format!("the new parent is not a usable VHD: {e}"),
-                EINVAL,
-            )
-        })?;
-        // blktap accepts a parent whose chain leads back to the child; `query -d` then
-        // loops forever. Refuse it.
-        for (anc, uuid) in ancestors_best_effort(&parent_abs, MAX_CHAIN_DEPTH) {
-            if same_file(&anc, child) || uuid == vhd.footer.uuid {
-                return Err(VhdError::refused(
-                    child,
-                    format!(
-                        "{} descends from this disk: the chain would loop",
-                        parent.display()
-                    ),
-                    ELOOP,
-                ));
+    let parent_uuid = match new_parent {
+        NewParent::Raw => [0u8; 16],
+        NewParent::Open(p) => p.footer.uuid,
+        NewParent::Vhd => {
+            let p = Vhd::open(&parent_abs, OpenMode::READ).map_err(|e| {
+                VhdError::refused(
+                    parent,
+                    format!("the new parent is not a usable VHD: {e}"),
+                    EINVAL,
+                )
+            })?;
+            // blktap accepts a parent whose chain leads back to the child; `query -d`
+            // then loops forever. Refuse it.
+            for (anc, uuid) in ancestors_best_effort(&parent_abs, MAX_CHAIN_DEPTH) {
+                if same_file(&anc, child) || uuid == vhd.footer.uuid {
+                    return Err(VhdError::refused(
+                        child,
+                        format!(
+                            "{} descends from this disk: the chain would loop",
+                            parent.display()
+                        ),
+                        ELOOP,
+                    ));
+                }
             }
+            p.footer.uuid
         }
-        p.footer.uuid
     };
 
     // Everything is computed and checked before anything is written.
-    let name = parent_abs
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let rel = relative_path(&child_abs, &parent_abs);
-    if !name.is_ascii() || !rel.is_ascii() {
-        return Err(VhdError::refused(
-            parent,
-            "blktap stores ASCII parent paths only",
-            EILSEQ,
-        ));
-    }
-    let mut parent_name = [0u8; PARENT_NAME_SIZE];
-    let units: Vec<u8> = name.encode_utf16().flat_map(|u| u.to_be_bytes()).collect();
-    if units.len() > PARENT_NAME_SIZE {
-        return Err(VhdError::refused(
-            parent,
-            format!(
-                "parent file name longer than {} characters",
-                PARENT_NAME_SIZE / 2
-            ),
-            ENAMETOOLONG,
-        ));
-    }
-    parent_name[..units.len()].copy_from_slice(&units);
-    let timestamp = (meta.mtime() - VHD_EPOCH) as u32;
-
+    let link = ParentLink::new(child, &child_abs, &parent_abs, parent_uuid, meta.mtime())?;
     let mut header = vhd.header().expect("differencing disk").clone();
-    let forbidden = forbidden_regions(&vhd);
+    let forbidden = forbidden_regions(vhd);
     let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
     for (i, loc) in header.locators.iter_mut().enumerate() {
         if !code::is_path(loc.code) {
             continue;
         }
-        let data = encode(loc.code, &rel);
+        let data = link.locator_data(loc.code);
         let padded = data.len().div_ceil(512) * 512;
         if padded as u64 > loc.space_bytes() {
             return Err(VhdError::refused(
                 child,
                 format!(
-                    "{}: {} bytes of {} path {rel:?} do not fit its {} bytes",
+                    "{}: {} bytes of {} path {:?} do not fit its {} bytes",
                     super::LOCATOR_FIELDS[i],
                     data.len(),
                     code::name(loc.code),
+                    link.relative,
                     loc.space_bytes()
                 ),
                 ENAMETOOLONG,
@@ -161,9 +157,7 @@ pub fn set_parent(child: &Path, parent: &Path, raw: bool) -> Result<Relinked> {
         loc.reserved = 0;
         writes.push((start, buf));
     }
-    header.parent_uuid = parent_uuid;
-    header.parent_timestamp = timestamp;
-    header.parent_name = parent_name;
+    link.apply(&mut header);
     let header_bytes = header.encode();
 
     let mut written = 0u64;
@@ -182,7 +176,7 @@ pub fn set_parent(child: &Path, parent: &Path, raw: bool) -> Result<Relinked> {
         child: child.to_path_buf(),
         parent: parent_abs,
         parent_uuid: super::fmt_uuid(&parent_uuid),
-        relative_path: rel,
+        relative_path: link.relative,
         slots_rewritten: writes.len(),
         bytes_written: written,
     })
@@ -259,4 +253,69 @@ pub fn set_hidden(path: &Path, value: u8) -> Result<()> {
         vhd.write_at(&bytes, 0, "write the footer copy")?;
     }
     vhd.sync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vhd::create::{snapshot, Stamp};
+    use crate::vhd::error::ENAMETOOLONG;
+    use crate::vhd::locator::first_decoded;
+    use crate::vhd::test_samples::unpack_as;
+
+    #[test]
+    fn a_parent_name_too_long_for_blktaps_locators_is_refused_before_writing() {
+        let d = tempfile::tempdir().unwrap();
+        let child = unpack_as(d.path(), "child.vhd", "child.vhd");
+        // "./" and 254 characters: the UTF-16 copy would just fill a 512-byte slot, but
+        // blktap's snapshot refuses relative paths over 254, and so do both our writers.
+        let long = format!("{}.vhd", "x".repeat(250));
+        unpack_as(d.path(), "parent2.vhd", &long);
+        let before = std::fs::read(&child).unwrap();
+        let e = set_parent(&child, &d.path().join(&long), false).unwrap_err();
+        assert_eq!(e.errno(), ENAMETOOLONG, "{e}");
+        let msg = e.to_string();
+        assert!(msg.starts_with(&format!("{}: ", child.display())), "{msg}");
+        assert!(
+            msg.contains("parent path too long for blktap's locators"),
+            "{msg}"
+        );
+        assert!(
+            std::fs::read(&child).unwrap() == before,
+            "child.vhd was written"
+        );
+        // Two characters fewer fit.
+        let fits = format!("{}.vhd", "y".repeat(248));
+        unpack_as(d.path(), "parent2.vhd", &fits);
+        let r = set_parent(&child, &d.path().join(&fits), false).unwrap();
+        assert_eq!(r.relative_path.len(), 254);
+    }
+
+    #[test]
+    fn snapshot_and_set_parent_write_the_same_link() {
+        let d = tempfile::tempdir().unwrap();
+        let parent = unpack_as(d.path(), "parent2.vhd", "parent2.vhd");
+        let child = unpack_as(d.path(), "empty-child.vhd", "relinked.vhd");
+        set_parent(&child, &parent, false).unwrap();
+        let snap = d.path().join("snap.vhd");
+        snapshot(&parent, &snap, true, &Stamp::default()).unwrap();
+        let (a, b) = (
+            Vhd::open(&child, OpenMode::READ).unwrap(),
+            Vhd::open(&snap, OpenMode::READ).unwrap(),
+        );
+        let (ha, hb) = (a.header().unwrap(), b.header().unwrap());
+        assert_eq!(ha.parent_uuid, hb.parent_uuid);
+        assert_eq!(ha.parent_timestamp, hb.parent_timestamp);
+        assert_eq!(ha.parent_name, hb.parent_name);
+        for slot in 0..3 {
+            let (la, lb) = (ha.locators[slot], hb.locators[slot]);
+            assert_eq!(
+                (la.code, la.data_len),
+                (lb.code, lb.data_len),
+                "slot {slot}"
+            );
+        }
+        assert_eq!(first_decoded(&a).unwrap().as_deref(), Some("./parent2.vhd"));
+        assert_eq!(first_decoded(&b).unwrap().as_deref(), Some("./parent2.vhd"));
+    }
 }
