@@ -17,8 +17,8 @@
 //! without running it (the fuzz targets) and checking a decoded pickle all go through
 //! the same parser.
 //!
-//! * [`glance`]: the image calls; [`kwargs`]: their Python keyword arguments.
-//! * [`kernel`]: the kernel/ramdisk calls.
+//! * `glance`: the image calls; `kwargs`: their Python keyword arguments.
+//! * `kernel`: the kernel/ramdisk calls (the work itself is in [`super::kernel`]).
 //!
 //! Plugin mode never retries: Nova owns retries, so every call fails fast with the
 //! class its error kind gives ([`super::failure`]).
@@ -170,6 +170,7 @@ pub enum Op {
 pub trait PluginCall: Sized {
     /// The function name callers use.
     const NAME: &'static str;
+    /// What a store 404 means for it.
     const OP: Op;
     /// Act on the parsed arguments (`args` for what is not an argument: the session).
     fn run(self, args: &Args) -> Result<Value>;
