@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod cli;
 pub mod error;
+pub mod fsutil;
 pub mod log;
 pub mod progress;
 pub mod retry;

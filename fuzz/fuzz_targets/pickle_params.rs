@@ -3,17 +3,15 @@
 //! The input is the pickle. `pickle::decode` must refuse anything but plain data with
 //! an error (never a panic, a deep recursion or an allocation beyond its budget); a
 //! decoded value then goes through what each pickle-taking glance call does with it
-//! (`calls::check_params`: `args`/`kwargs` binding, the typed keyword screening of
-//! hosts, ports, headers, paths, UUID lists and properties), stopping before anything
-//! would run. The reply encoder is fuzzed on the decoded strings too.
+//! (`Call::check_params` of every call in the glance table that has one: its parser,
+//! the `args`/`kwargs` binding, the typed keyword screening of hosts, ports, headers,
+//! paths, UUID lists and properties), stopping before anything would run. The reply encoder is fuzzed on the decoded strings too.
 
 #![no_main]
 
-use glance_vhd::xapi::calls::check_params;
+use glance_vhd::xapi::calls::table;
 use glance_vhd::xapi::pickle::{decode, encode, Py, Reply};
 use libfuzzer_sys::fuzz_target;
-
-const CALLS: [&str; 4] = ["download_vhd", "download_vhd2", "upload_vhd", "upload_vhd2"];
 
 /// The decoded value as a reply (strings and dicts of them), for the encoder.
 fn reply(v: &Py) -> Reply {
@@ -31,8 +29,9 @@ fn reply(v: &Py) -> Reply {
 
 fuzz_target!(|data: &[u8]| {
     let Ok(v) = decode(data) else { return };
-    for f in CALLS {
-        let _ = check_params(f, &v).expect("a pickle-taking call");
+    let glance = table("glance").expect("the glance plugin");
+    for check in glance.iter().filter_map(|c| c.check_params) {
+        let _ = check(&v);
     }
     // What we encode must decode to the same strings.
     let r = reply(&v);

@@ -435,36 +435,15 @@ fn copy_large(from: &mut dyn Read, to: &mut dyn io::Write) -> io::Result<u64> {
     }
 }
 
-/// Write `body` to a temporary name beside `path`, fsync, then rename: a reader of
-/// `path` sees the old file or the whole new one.
+/// Write `body` to `path` atomically ([`crate::fsutil::write_atomically`]: a temporary
+/// name beside it, fsync, rename, fsync the directory): a reader of `path` sees the old
+/// file or the whole new one.
 fn write_atomically(path: &std::path::Path, body: &mut dyn Read) -> Result<(), StoreError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.partial", uuid::Uuid::new_v4()));
-    let werr = |source| StoreError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let result = (|| {
-        let mut f = File::create_new(&tmp)?;
-        copy_large(body, &mut f)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(werr)
+    crate::fsutil::write_atomically::<io::Error>(path, 0o666, |f| copy_large(body, f).map(drop))
+        .map_err(|source| StoreError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// MD5 (Glance `checksum`) and SHA-512 (`os_hash_value`) of what passes through, and

@@ -7,9 +7,12 @@
 //! * `['UNKNOWN_XENAPI_PLUGIN_FUNCTION', fn]`: the function is not in the plugin's table.
 //!
 //! The class comes from the error's [`ErrorKind`] (and from whether the error is about
-//! the arguments), in the one `match` of [`Failure::of`]; never from message text.
+//! the arguments), in the one `match` of [`Failure::of`]; never from message text. The
+//! call table's error type tells what else it needs through [`CallFault`], so this
+//! module names no call and imports nothing from the table.
 
-use super::calls::CallError;
+use std::error::Error as StdError;
+
 use crate::error::{ErrorKind, Kind};
 
 /// The exception class names the old plugins raised (`pluginlib_nova`).
@@ -34,13 +37,13 @@ impl Class {
     }
 }
 
-/// Whether a store 404 means Nova's `ImageNotFound` (uploads only: a download 404 is a
-/// plain permanent error, as in os-xenapi).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Download,
-    Upload,
-    Other,
+/// What [`Failure::of`] needs to know about a call's error besides its kind and its
+/// message.
+pub trait CallFault: StdError + Kind {
+    /// The call's arguments are missing or malformed.
+    fn is_argument(&self) -> bool;
+    /// The image store's own answer (not the SR's or the VHD engine's).
+    fn is_from_store(&self) -> bool;
 }
 
 /// One `ErrorDescription`: an array of strings.
@@ -65,17 +68,17 @@ impl Failure {
     }
 
     /// The failure for a call's error: its class from its kind, the message its cause
-    /// chain.
-    pub fn of(function: &str, err: &CallError, op: Op) -> Failure {
-        let class = match err {
-            CallError::Missing(_) | CallError::Argument(_) | CallError::Pickle(_) => {
-                Class::Argument
-            }
-            other => match (other.kind(), op) {
+    /// chain. `upload`: the call is an upload, where a store 404 is Nova's
+    /// `ImageNotFound` (a download 404 is a plain permanent error, as in os-xenapi).
+    pub fn of<E: CallFault>(function: &str, err: &E, upload: bool) -> Failure {
+        let class = if err.is_argument() {
+            Class::Argument
+        } else {
+            match (err.kind(), upload) {
                 // Exactly what Nova compares details[3] with: the store has no such
                 // image. (A VDI missing from the SR is not found too, but it is not
                 // Nova's ImageNotFound.)
-                (ErrorKind::NotFound, Op::Upload) if from_store(other) => {
+                (ErrorKind::NotFound, true) if err.is_from_store() => {
                     return Failure::plugin(function, Class::Plugin, "ImageNotFound")
                 }
                 // Another process holds the SR lock, or the network or store is busy:
@@ -88,72 +91,11 @@ impl Failure {
                     | ErrorKind::Io,
                     _,
                 ) => Class::Plugin,
-            },
+            }
         };
         Failure::plugin(function, class, &chain(err))
     }
 }
 
-/// Whether the error is the image store's answer (not the SR's or the VHD engine's).
-fn from_store(err: &CallError) -> bool {
-    match err {
-        CallError::Store(_) => true,
-        CallError::Transfer(t) => t.from_store(),
-        _ => false,
-    }
-}
-
-/// `error: cause: cause`, as the CLI prints it (one printer for both).
+/// `error: cause: cause`: the CLI's printer, so a message reads the same in both modes.
 pub use crate::error::chain;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::StoreError;
-
-    fn http(status: u16, upload: bool) -> CallError {
-        CallError::Store(StoreError::Http {
-            url: "http://g/v1/images/x".into(),
-            status,
-            body: String::new(),
-            upload,
-        })
-    }
-
-    #[test]
-    fn upload_404_is_image_not_found() {
-        assert_eq!(
-            Failure::of("upload_vhd2", &http(404, true), Op::Upload).0,
-            [
-                "XENAPI_PLUGIN_FAILURE",
-                "upload_vhd2",
-                "PluginError",
-                "ImageNotFound"
-            ]
-        );
-    }
-
-    #[test]
-    fn classes_follow_the_kind() {
-        let f = Failure::of("download_vhd2", &http(404, false), Op::Download).0;
-        assert_eq!(f[2], "PluginError");
-        assert!(f[3].contains("HTTP 404"), "{f:?}");
-        assert_eq!(
-            Failure::of("upload_vhd2", &http(503, true), Op::Upload).0[2],
-            "RetryableError"
-        );
-        assert_eq!(
-            Failure::of("upload_vhd2", &http(409, true), Op::Upload).0[2],
-            "PluginError"
-        );
-        assert_eq!(
-            Failure::of("f", &CallError::Missing("image_id".into()), Op::Download).0,
-            [
-                "XENAPI_PLUGIN_FAILURE",
-                "f",
-                "ArgumentError",
-                "Argument image_id is required."
-            ]
-        );
-    }
-}

@@ -5,21 +5,23 @@
 //! The VDI is read through a VBD plugged into dom0, as `pluginlib_nova.with_vdi_in_dom0`
 //! did: create (read-only), plug, read `/dev/<device>`, then unplug (retrying
 //! `DEVICE_DETACH_REJECTED`) and destroy on every path. Exactly `image-size` bytes are
-//! streamed through a fixed buffer into a temporary name, fsynced and renamed. Every file
-//! written or removed must be a direct child of the boot directory.
+//! streamed through a fixed buffer into a temporary name, fsynced and renamed, and the
+//! directory fsynced. Every file written or removed must be a direct child of the boot
+//! directory.
 //!
 //! Test hooks (README "Testing hooks"): `GLANCE_VHD_BOOT_GUEST` replaces `/boot/guest`,
 //! `GLANCE_VHD_DEV_DIR` replaces `/dev`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use super::log;
 use super::xenapi::{record, XenApi, XenApiError};
 use super::xmlrpc::XValue;
 use crate::error::{ErrorKind, Kind};
+use crate::fsutil::{self, AtomicWriteError};
+use crate::log;
 use crate::testhooks;
 
 const BOOT_GUEST: &str = "/boot/guest";
@@ -236,32 +238,26 @@ fn copy_file(from: &Path, to: &Path) -> Result<(), KernelError> {
     })
 }
 
-/// Fill a temporary file beside `dest`, fsync, rename: a reader sees the old file or the
-/// whole new one, never a partial kernel.
+/// The copies are written as `open(…, "wb")` made them (0666 less the umask), each one
+/// atomically ([`fsutil::write_atomically`]): a reader sees the old file or the whole
+/// new one, never a partial kernel, and a crash keeps the one or the other.
 fn write_atomically(
     dest: &Path,
     fill: impl FnOnce(&mut File) -> Result<(), KernelError>,
 ) -> Result<(), KernelError> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.partial", uuid::Uuid::new_v4()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io_err(&tmp, "create"))?;
-        fill(&mut f)?;
-        f.sync_all().map_err(io_err(&tmp, "fsync"))?;
-        std::fs::rename(&tmp, dest).map_err(io_err(dest, "rename into place"))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    fsutil::write_atomically(dest, 0o666, fill)
+}
+
+/// The failed step of an atomic write, in the words kernel errors have always used
+/// ("cannot create", "cannot fsync", "cannot rename into place").
+impl From<AtomicWriteError> for KernelError {
+    fn from(e: AtomicWriteError) -> KernelError {
+        KernelError::Io {
+            path: e.path,
+            op: e.step,
+            source: e.source,
+        }
     }
-    result
 }
 
 /// dom0 of this host: the control domain resident on `session.get_this_host`, as

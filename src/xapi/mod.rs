@@ -17,7 +17,6 @@
 pub mod calls;
 pub mod failure;
 pub mod kernel;
-pub use crate::log;
 pub mod pickle;
 pub mod xenapi;
 pub mod xmlrpc;
@@ -25,9 +24,11 @@ pub mod xmlrpc;
 use std::io::Write;
 use std::process::ExitCode;
 
-use calls::{Args, Value};
+use calls::{Args, Op, Value};
 use failure::{Class, Failure};
 use xmlrpc::XValue;
+
+use crate::log;
 
 /// `glance-vhd xapi-plugin --name NAME XML`, from the raw argv after `xapi-plugin`.
 /// Always exits 0: the outcome is in the response.
@@ -131,7 +132,7 @@ fn handle(plugin: &str, xml: &str) -> Result<String, Failure> {
             Value::Text(s) => Ok(s),
             Value::Pickled(r) => pickle::encode(&r).map_err(calls::CallError::Reply),
         })
-        .map_err(|e| Failure::of(function, &e, entry.op))?;
+        .map_err(|e| Failure::of(function, &e, entry.op == Op::Upload))?;
     log::info(&format!("{plugin}.{function} succeeded"));
     Ok(value)
 }

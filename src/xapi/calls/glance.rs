@@ -1,0 +1,522 @@
+//! The glance calls (DESIGN §2): `download_vhd`, `upload_vhd` (Diablo's flat dict or
+//! Folsom's `{'args', 'kwargs'}`, told apart by the params' shape) and `download_vhd2`,
+//! `upload_vhd2` (Mitaka → os-xenapi: `endpoint`, `api_version`). Each decodes its
+//! params pickle into typed arguments ([`FromParams`]), then runs the SR engine and
+//! answers in the form its generation's callers expect.
+
+use std::path::PathBuf;
+
+use super::kwargs::{wrong, Kwargs};
+use super::{Args, CallError, FromParams, Op, PluginCall, Result, Value};
+use crate::bundle::pack::PackOptions;
+use crate::log;
+use crate::progress::{Display, Monitor, Progress};
+use crate::sr::ChainSpec;
+use crate::store::glance::{Api, Glance, GlanceConfig};
+use crate::store::{Source, Target};
+use crate::transfer::{self, ImportOptions};
+use crate::xapi::pickle::{Py, Reply};
+
+// ---- the calls ----
+
+/// `download_vhd`: the Diablo form answers a JSON list, the Folsom form a pickle.
+pub struct DownloadVhd {
+    args: DownloadArgs,
+    diablo: bool,
+}
+
+impl FromParams for DownloadVhd {
+    fn from_params(params: &Py) -> Result<DownloadVhd> {
+        Ok(if is_folsom(params) {
+            DownloadVhd {
+                args: DownloadArgs::folsom(&Kwargs::bind(params, DOWNLOAD_VHD)?)?,
+                diablo: false,
+            }
+        } else {
+            DownloadVhd {
+                args: DownloadArgs::diablo(&Kwargs::flat(params)?)?,
+                diablo: true,
+            }
+        })
+    }
+}
+
+impl PluginCall for DownloadVhd {
+    const NAME: &'static str = "download_vhd";
+    const OP: Op = Op::Download;
+
+    fn run(self, _: &Args) -> Result<Value> {
+        let leaf = self.args.run()?;
+        if !self.diablo {
+            return Ok(root_reply(leaf));
+        }
+        // Diablo's `json.dumps(_import_vhds(…))`: the OS disk is the leaf (no swap here).
+        let json = serde_json::json!([{"vdi_type": "os", "vdi_uuid": leaf}]);
+        Ok(Value::Text(python_json(&json)))
+    }
+}
+
+/// `download_vhd2`.
+pub struct DownloadVhd2(DownloadArgs);
+
+impl FromParams for DownloadVhd2 {
+    fn from_params(params: &Py) -> Result<DownloadVhd2> {
+        DownloadArgs::v2(&Kwargs::bind(params, DOWNLOAD_VHD2)?).map(DownloadVhd2)
+    }
+}
+
+impl PluginCall for DownloadVhd2 {
+    const NAME: &'static str = "download_vhd2";
+    const OP: Op = Op::Download;
+
+    fn run(self, _: &Args) -> Result<Value> {
+        Ok(root_reply(self.0.run()?))
+    }
+}
+
+/// `upload_vhd`: the Diablo form answers `""`, the Folsom form a pickled `None`.
+pub struct UploadVhd {
+    args: UploadArgs,
+    diablo: bool,
+}
+
+impl FromParams for UploadVhd {
+    fn from_params(params: &Py) -> Result<UploadVhd> {
+        Ok(if is_folsom(params) {
+            UploadVhd {
+                args: UploadArgs::folsom(&Kwargs::bind(params, UPLOAD_VHD)?)?,
+                diablo: false,
+            }
+        } else {
+            UploadVhd {
+                args: UploadArgs::diablo(&Kwargs::flat(params)?)?,
+                diablo: true,
+            }
+        })
+    }
+}
+
+impl PluginCall for UploadVhd {
+    const NAME: &'static str = "upload_vhd";
+    const OP: Op = Op::Upload;
+
+    fn run(self, _: &Args) -> Result<Value> {
+        self.args.run()?;
+        if self.diablo {
+            // Diablo: "Nothing useful to return on an upload".
+            return Ok(Value::Text(String::new()));
+        }
+        Ok(Value::Pickled(Reply::None))
+    }
+}
+
+/// `upload_vhd2`.
+pub struct UploadVhd2(UploadArgs);
+
+impl FromParams for UploadVhd2 {
+    fn from_params(params: &Py) -> Result<UploadVhd2> {
+        UploadArgs::v2(&Kwargs::bind(params, UPLOAD_VHD2)?).map(UploadVhd2)
+    }
+}
+
+impl PluginCall for UploadVhd2 {
+    const NAME: &'static str = "upload_vhd2";
+    const OP: Op = Op::Upload;
+
+    fn run(self, _: &Args) -> Result<Value> {
+        self.0.run()?;
+        Ok(Value::Pickled(Reply::None))
+    }
+}
+
+/// The Python signatures the positional `args` bind to.
+const DOWNLOAD_VHD: &[&str] = &[
+    "image_id",
+    "glance_host",
+    "glance_port",
+    "glance_use_ssl",
+    "uuid_stack",
+    "sr_path",
+    "extra_headers",
+];
+const DOWNLOAD_VHD2: &[&str] = &[
+    "image_id",
+    "endpoint",
+    "uuid_stack",
+    "sr_path",
+    "extra_headers",
+    "api_version",
+];
+const UPLOAD_VHD: &[&str] = &[
+    "vdi_uuids",
+    "image_id",
+    "glance_host",
+    "glance_port",
+    "glance_use_ssl",
+    "sr_path",
+    "extra_headers",
+    "properties",
+];
+const UPLOAD_VHD2: &[&str] = &[
+    "vdi_uuids",
+    "image_id",
+    "endpoint",
+    "sr_path",
+    "extra_headers",
+    "properties",
+    "api_version",
+];
+
+/// The Folsom-era generation of `download_vhd`/`upload_vhd` is told from Diablo's by
+/// the params' shape.
+fn is_folsom(params: &Py) -> bool {
+    params.get("kwargs").is_some() || params.get("args").is_some()
+}
+
+// ---- the store ----
+
+/// Where the image is and how to talk to it.
+struct StoreArgs {
+    endpoint: String,
+    api: Api,
+    headers: Vec<(String, String)>,
+    image_id: String,
+}
+
+impl StoreArgs {
+    /// `glance_host`, `glance_port`, `glance_use_ssl` → `http(s)://host:port`.
+    fn host_port(kw: &Kwargs) -> Result<String> {
+        let host = kw.string("glance_host")?;
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b));
+        if !host_ok {
+            return Err(CallError::Argument(format!(
+                "glance_host {host:?} is not a host name"
+            )));
+        }
+        let port = kw
+            .int("glance_port")?
+            .ok_or_else(|| CallError::Missing("glance_port".into()))?;
+        if !(1..=65535).contains(&port) {
+            return Err(CallError::Argument(format!(
+                "glance_port {port} is not a port"
+            )));
+        }
+        let scheme = if kw.flag("glance_use_ssl")? {
+            "https"
+        } else {
+            "http"
+        };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Ok(format!("{scheme}://{host}:{port}"))
+    }
+
+    fn api_version(kw: &Kwargs, default: i64) -> Result<Api> {
+        match kw.int("api_version")?.unwrap_or(default) {
+            1 => Ok(Api::V1),
+            2 => Ok(Api::V2),
+            v => Err(CallError::Argument(format!(
+                "api_version {v}: 1 or 2 are possible"
+            ))),
+        }
+    }
+
+    /// `extra_headers` (Havana+) or `auth_token` (Diablo–Grizzly), by the store's
+    /// header rule ([`crate::store::check_header`]), as the CLI's `--header`/`--token`.
+    fn headers(kw: &Kwargs) -> Result<Vec<(String, String)>> {
+        let mut h = kw.pairs("extra_headers")?;
+        let token = match kw.get("auth_token") {
+            Some(Py::Str(t)) => Some(t.as_str()),
+            _ => None,
+        };
+        crate::store::merge_token(&mut h, token);
+        for (k, v) in &h {
+            crate::store::check_header(k, v)
+                .map_err(|rule| CallError::Argument(format!("extra_headers: {rule}")))?;
+        }
+        Ok(h)
+    }
+
+    fn new(kw: &Kwargs, endpoint: String, api: Api) -> Result<StoreArgs> {
+        Ok(StoreArgs {
+            endpoint,
+            api,
+            headers: StoreArgs::headers(kw)?,
+            image_id: kw.string("image_id")?,
+        })
+    }
+
+    fn glance(&self) -> Result<Glance> {
+        let mut cfg = GlanceConfig::new(&self.endpoint, self.api);
+        cfg.headers = self.headers.clone();
+        Ok(Glance::new(cfg)?)
+    }
+}
+
+fn sr_path(kw: &Kwargs) -> Result<PathBuf> {
+    let p = PathBuf::from(kw.string("sr_path")?);
+    if !p.is_absolute() {
+        return Err(CallError::Argument(format!(
+            "sr_path {} is not absolute",
+            p.display()
+        )));
+    }
+    Ok(p)
+}
+
+// ---- download ----
+
+/// A download, whatever the generation.
+struct DownloadArgs {
+    store: StoreArgs,
+    sr_path: PathBuf,
+    /// Popped from the end, one per VHD, leaf first (as the Python plugin did).
+    uuid_stack: Vec<String>,
+}
+
+impl DownloadArgs {
+    fn diablo(kw: &Kwargs) -> Result<DownloadArgs> {
+        let endpoint = StoreArgs::host_port(kw)?;
+        DownloadArgs::with(kw, endpoint, Api::V1Diablo)
+    }
+
+    fn folsom(kw: &Kwargs) -> Result<DownloadArgs> {
+        let api = StoreArgs::api_version(kw, 1)?;
+        DownloadArgs::with(kw, StoreArgs::host_port(kw)?, api)
+    }
+
+    fn v2(kw: &Kwargs) -> Result<DownloadArgs> {
+        let api = StoreArgs::api_version(kw, 1)?;
+        DownloadArgs::with(kw, kw.string("endpoint")?, api)
+    }
+
+    fn with(kw: &Kwargs, endpoint: String, api: Api) -> Result<DownloadArgs> {
+        Ok(DownloadArgs {
+            store: StoreArgs::new(kw, endpoint, api)?,
+            sr_path: sr_path(kw)?,
+            uuid_stack: kw.strings("uuid_stack")?,
+        })
+    }
+
+    /// The leaf's VDI UUID.
+    fn run(&self) -> Result<String> {
+        let source = Source::Glance(self.store.glance()?, self.store.image_id.clone());
+        let (transfer, monitor) =
+            syslog_progress(format!("download of image {}", self.store.image_id));
+        let opts = ImportOptions {
+            sr_path: self.sr_path.clone(),
+            uuid_stack: Some(self.uuid_stack.clone()),
+            lock_dir: crate::sr::sm_lock_dir(),
+            transfer,
+        };
+        let d = transfer::download(&source, &opts);
+        monitor.stop();
+        let d = d?;
+        log::info(&format!(
+            "image {} imported into {} as {:?}",
+            self.store.image_id,
+            self.sr_path.display(),
+            d.imported.uuids
+        ));
+        Ok(d.imported.root_uuid().to_string())
+    }
+}
+
+/// Long transfers log their progress to syslog every 30 s (never to stdout).
+fn syslog_progress(label: String) -> (transfer::Transfer, Monitor) {
+    let progress = Progress::new();
+    let monitor = Monitor::start(
+        progress.clone(),
+        Display {
+            bar: false,
+            log_every: Some(crate::progress::log_interval()),
+            label,
+        },
+    );
+    let transfer = transfer::Transfer {
+        progress: Some(progress),
+        ..Default::default()
+    };
+    (transfer, monitor)
+}
+
+fn root_reply(leaf: String) -> Value {
+    Value::Pickled(Reply::Dict(vec![(
+        "root".into(),
+        Reply::Dict(vec![("uuid".into(), Reply::Str(leaf))]),
+    )]))
+}
+
+/// `json.dumps` with Python's default separators (`", "`, `": "`); keys in insertion
+/// order as the Diablo plugin built them.
+fn python_json(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Array(items) => {
+            let inner: Vec<String> = items.iter().map(python_json).collect();
+            format!("[{}]", inner.join(", "))
+        }
+        serde_json::Value::Object(m) => {
+            let inner: Vec<String> = m
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{}: {}",
+                        serde_json::Value::from(k.as_str()),
+                        python_json(v)
+                    )
+                })
+                .collect();
+            format!("{{{}}}", inner.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+// ---- upload ----
+
+struct UploadArgs {
+    store: StoreArgs,
+    sr_path: PathBuf,
+    chain: ChainSpec,
+    properties: Vec<(String, String)>,
+    level: u32,
+}
+
+impl UploadArgs {
+    fn diablo(kw: &Kwargs) -> Result<UploadArgs> {
+        let endpoint = StoreArgs::host_port(kw)?;
+        // Diablo names the files: {'image': base-or-only, 'snap': leaf, 'base': …}.
+        let named = match kw.req("vdi_uuids")? {
+            Py::Dict(items) => {
+                let mut named = Vec::new();
+                for role in ["snap", "image", "base"] {
+                    let uuid = items
+                        .iter()
+                        .find(|(k, _)| matches!(k, Py::Str(s) if s == role))
+                        .map(|(_, v)| v);
+                    match uuid {
+                        None | Some(Py::None) => {}
+                        Some(Py::Str(u)) if u.is_empty() => {}
+                        Some(Py::Str(u)) => named.push((role.to_string(), u.clone())),
+                        Some(other) => return Err(wrong("vdi_uuids", "a dict of strings", other)),
+                    }
+                }
+                if let Some((k, _)) = items
+                    .iter()
+                    .find(|(k, _)| !matches!(k, Py::Str(s) if ["snap", "image", "base"].contains(&s.as_str())))
+                {
+                    return Err(CallError::Argument(format!(
+                        "vdi_uuids: {k:?} is not image, snap or base"
+                    )));
+                }
+                ChainSpec::Named(named)
+            }
+            // Some Diablo callers already sent a list, leaf first.
+            Py::List(_) => ChainSpec::Vdis(kw.strings("vdi_uuids")?),
+            other => return Err(wrong("vdi_uuids", "a dict or a list", other)),
+        };
+        let mut properties = kw.pairs("properties")?;
+        if let Some(Py::Str(os)) = kw.get("os_type") {
+            if !properties.iter().any(|(k, _)| k == "os_type") {
+                properties.push(("os_type".into(), os.clone()));
+            }
+        }
+        UploadArgs::with(kw, endpoint, Api::V1Diablo, named, properties)
+    }
+
+    fn folsom(kw: &Kwargs) -> Result<UploadArgs> {
+        let api = StoreArgs::api_version(kw, 1)?;
+        let endpoint = StoreArgs::host_port(kw)?;
+        let chain = ChainSpec::Vdis(kw.strings("vdi_uuids")?);
+        UploadArgs::with(kw, endpoint, api, chain, kw.pairs("properties")?)
+    }
+
+    fn v2(kw: &Kwargs) -> Result<UploadArgs> {
+        let api = StoreArgs::api_version(kw, 1)?;
+        let endpoint = kw.string("endpoint")?;
+        let chain = ChainSpec::Vdis(kw.strings("vdi_uuids")?);
+        UploadArgs::with(kw, endpoint, api, chain, kw.pairs("properties")?)
+    }
+
+    fn with(
+        kw: &Kwargs,
+        endpoint: String,
+        api: Api,
+        chain: ChainSpec,
+        properties: Vec<(String, String)>,
+    ) -> Result<UploadArgs> {
+        for (k, _) in &properties {
+            crate::store::check_property_name(k)
+                .map_err(|rule| CallError::Argument(format!("properties: {rule}")))?;
+        }
+        // Nova's `xenapi_image_compression_level`; anything but 1–9 keeps GNU gzip's 6.
+        let (level, warning) = crate::bundle::pack::level(None, &properties);
+        if let Some(w) = warning {
+            log::warn(&w);
+        }
+        Ok(UploadArgs {
+            store: StoreArgs::new(kw, endpoint, api)?,
+            sr_path: sr_path(kw)?,
+            chain,
+            properties,
+            level,
+        })
+    }
+
+    fn run(&self) -> Result<()> {
+        let target = Target::Glance {
+            glance: self.store.glance()?,
+            image_id: self.store.image_id.clone(),
+            properties: self.properties.clone(),
+        };
+        let pack = PackOptions {
+            level: self.level,
+            ..PackOptions::default()
+        };
+        let (transfer, monitor) =
+            syslog_progress(format!("upload to image {}", self.store.image_id));
+        let up = transfer::upload(&self.sr_path, &self.chain, &target, pack, transfer);
+        monitor.stop();
+        let up = up?;
+        log::info(&format!(
+            "uploaded {:?} to image {} ({} bytes)",
+            up.uuids, self.store.image_id, up.stream.bytes
+        ));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diablo_json_is_pythons() {
+        let v = serde_json::json!([{"vdi_type": "os", "vdi_uuid": "u"}]);
+        assert_eq!(python_json(&v), r#"[{"vdi_type": "os", "vdi_uuid": "u"}]"#);
+    }
+
+    #[test]
+    fn positional_and_keyword_arguments() {
+        let params = Py::Dict(vec![
+            (
+                Py::Str("args".into()),
+                Py::List(vec![Py::Str("img".into())]),
+            ),
+            (
+                Py::Str("kwargs".into()),
+                Py::Dict(vec![(Py::Str("sr_path".into()), Py::Str("/sr".into()))]),
+            ),
+        ]);
+        let kw = Kwargs::bind(&params, DOWNLOAD_VHD2).unwrap();
+        assert_eq!(kw.string("image_id").unwrap(), "img");
+        assert_eq!(kw.string("sr_path").unwrap(), "/sr");
+        assert!(matches!(kw.string("endpoint"), Err(CallError::Missing(k)) if k == "endpoint"));
+    }
+}
