@@ -1,9 +1,17 @@
 //! glance-vhd: move VM disk images (VHD chains) between a XenServer / XCP-ng file SR and
 //! OpenStack Glance, and the native VHD tools that make it possible without `vhd-util`.
 //!
-//! `../shared/DESIGN.md` is the contract. Modules are named after what they are:
-//! [`vhd`] is the native VHD engine; [`cli`] the admin command line; [`error`] the small
-//! error kind every module error maps to.
+//! `../shared/DESIGN.md` is the contract; `ARCHITECTURE.md` the map. Modules are named
+//! after what they are, in layers (each uses only those below it):
+//!
+//! * front ends: [`cli`] (the admin command line) and [`xapi`] (the plugin protocol);
+//! * [`transfer`]: the download and upload engines both share;
+//! * [`bundle`] (the tarball), [`store`] (Glance and the local store), [`sr`] (the storage
+//!   repository): none of them knows the others;
+//! * [`vhd`] (the native VHD engine) and [`progress`];
+//! * [`log`], [`stream`] (`std::io` adaptors), [`retry`];
+//! * [`error`] (the small error kind every module error maps to), [`testhooks`],
+//!   [`fsutil`].
 
 pub mod bundle;
 pub mod cli;

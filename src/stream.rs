@@ -6,6 +6,10 @@
 //! * [`Writeback`]: a file writer that pushes dirty pages to disk as it goes and drops
 //!   them from the page cache behind itself, so a multi-GiB import neither floods dom0's
 //!   small page cache nor ends in one long fsync.
+//! * [`DropBehind`]: a file reader that drops what it has read from the page cache, so
+//!   an upload of a multi-GiB VHD does not evict dom0's working set.
+//! * [`pipe`]: a bounded pipe from a producer thread (tar + gzip) to the consumer (the
+//!   HTTP body) whose reader never takes a failed or vanished writer for end of stream.
 //! * [`RateLimited`]: a reader held to a byte rate (`--rate-limit`), for daytime runs
 //!   that must leave the host's network to its VMs.
 
