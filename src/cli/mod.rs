@@ -1,8 +1,8 @@
 //! The admin command line, for a dom0 admin at a terminal and a cron job at 02:00.
 //!
 //! * [`args`]: every command and flag (clap), and the flag-value parsers;
-//! * [`jobs`]: `download`, `upload`, `sweep` — the engines plus retries, locks, progress;
-//! * [`vhd`]: the native VHD tools, `vhd-util` compatible where scripts depend on it;
+//! * `jobs`: `download`, `upload`, `sweep` — the engines plus retries, locks, progress;
+//! * `vhd`: the native VHD tools, `vhd-util` compatible where scripts depend on it;
 //! * [`output`]: stdout for results, stderr for the rest, verbosity, and the one place
 //!   errors are reported.
 //!
