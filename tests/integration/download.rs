@@ -2,9 +2,8 @@
 //! as the old plugin made them, and hostile ones made with Python's tarfile. Every
 //! failure must leave the SR exactly as it was, with no staging directory.
 
-mod common;
-
-use common::{run, stderr, stdout, unpacked_samples};
+use crate::helpers;
+use crate::helpers::{run, stderr, stdout, unpacked_samples};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -120,7 +119,7 @@ fn rand() -> usize {
 }
 
 fn sha256(p: &Path) -> String {
-    common::sha256_file(p)
+    helpers::sha256_file(p)
 }
 
 fn content_of(sr: &Sr, uuid: &str) -> String {
@@ -227,7 +226,7 @@ fn old_style_image_and_snap_and_a_single_free_name_and_swap() {
 fn stdin_works_as_a_store() {
     let sr = Sr::new();
     let tgz = sr.gnu_tar(&[("0.vhd", "parent.vhd")]);
-    let out = Command::new(common::bin())
+    let out = Command::new(helpers::bin())
         .args(["download", "--endpoint", "-", "--sr-path"])
         .arg(&sr.sr)
         .arg("--lock-dir")

@@ -12,15 +12,14 @@
 //! offset tests/peers/offsets.py finds (≥ 20 per direction) and prints the table each
 //! test writes to target/tmp/faults-*.md.
 
-mod common;
-
+use crate::helpers;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{stderr, stdout};
+use crate::helpers::{stderr, stdout};
 
 fn full() -> bool {
     std::env::var("GLANCE_VHD_FAULTS").is_ok_and(|v| v == "full")
@@ -81,7 +80,7 @@ struct Site {
 impl Site {
     fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
-        let samples = common::unpacked_samples();
+        let samples = helpers::unpacked_samples();
         let sr = dir.path().join(uuid::Uuid::new_v4().to_string());
         std::fs::create_dir(&sr).unwrap();
         let (leaf, base) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
@@ -109,7 +108,7 @@ impl Site {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        common::run(self.dir.path(), args)
+        helpers::run(self.dir.path(), args)
     }
 
     /// `tar -zc` of the tap sample chain as 0.vhd (leaf) … 2.vhd (base), as the old
@@ -144,7 +143,7 @@ impl Site {
                 let e = e.unwrap();
                 let name = e.file_name().to_string_lossy().into_owned();
                 let sum = if e.file_type().unwrap().is_file() {
-                    common::sha256_file(&e.path())
+                    helpers::sha256_file(&e.path())
                 } else {
                     "<dir>".into()
                 };
@@ -195,10 +194,10 @@ impl Site {
 }
 
 /// The fault proxy in front of the test Glance.
-fn fault_proxy(direction: &str, fault: &str, at: u64, log: &Path) -> common::Peer {
-    let port = common::glance_port().to_string();
+fn fault_proxy(direction: &str, fault: &str, at: u64, log: &Path) -> helpers::Peer {
+    let port = helpers::glance_port().to_string();
     let at = at.to_string();
-    common::Peer::spawn_script(
+    helpers::Peer::spawn_script(
         "tests/peers/fault_proxy.py",
         &[
             &port,
@@ -240,7 +239,7 @@ fn offsets(tgz: &Path) -> Vec<(String, u64)> {
 }
 
 fn glance_record(id: &str) -> serde_json::Value {
-    let o = common::glance_client(&["show", id]);
+    let o = helpers::glance_client(&["show", id]);
     assert!(o.status.success(), "{}", stderr(&o));
     serde_json::from_slice(&o.stdout).unwrap()
 }
@@ -254,15 +253,15 @@ fn exit_of(o: &Output) -> Option<i32> {
 /// untouched, nothing is left; with one retry the same fault is survived.
 #[test]
 fn download_faults_leave_the_sr_untouched() {
-    let _turn = common::glance_turn();
+    let _turn = helpers::glance_turn();
     let mut report = Report::new("download");
     let site = Site::new();
     let tgz = site.tarball("img.tgz");
-    let id = common::glance_image(Some(&tgz));
+    let id = helpers::glance_image(Some(&tgz));
     let before = site.snapshot();
     let log = site.path("proxy.log");
     let lock = site.lock_dir();
-    let download = |proxy: &common::Peer, extra: &[&str]| {
+    let download = |proxy: &helpers::Peer, extra: &[&str]| {
         let url = proxy.url();
         let mut a = vec![
             "download",
@@ -373,7 +372,7 @@ fn download_faults_leave_the_sr_untouched() {
 /// with one retry the image becomes active with our checksum.
 #[test]
 fn upload_faults_never_activate_a_partial_image() {
-    let _turn = common::glance_turn();
+    let _turn = helpers::glance_turn();
     let mut report = Report::new("upload");
     let site = Site::new();
     // The chain to upload: the SR's own leaf.
@@ -408,7 +407,7 @@ fn upload_faults_never_activate_a_partial_image() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let log = site.path("proxy.log");
-    let upload = |proxy: &common::Peer, id: &str, extra: &[&str]| {
+    let upload = |proxy: &helpers::Peer, id: &str, extra: &[&str]| {
         let url = proxy.url();
         let mut a = vec![
             "upload",
@@ -434,7 +433,7 @@ fn upload_faults_never_activate_a_partial_image() {
     let faults: &[&str] = if full() { &["cut", "reset"] } else { &["cut"] };
     for (label, at) in offsets(&local) {
         for fault in faults {
-            let id = common::glance_image(None);
+            let id = helpers::glance_image(None);
             let proxy = fault_proxy("upload", fault, at, &log);
             let o = upload(&proxy, &id, &["--retries", "0", "--idle-timeout", "10"]);
             let what = format!("{fault} at {at} ({label})");
@@ -451,7 +450,7 @@ fn upload_faults_never_activate_a_partial_image() {
         }
     }
     // A stall: the idle timeout fires (on the write, or on the wait for an answer).
-    let id = common::glance_image(None);
+    let id = helpers::glance_image(None);
     let proxy = fault_proxy("upload", "stall", 5000, &log);
     let t = Instant::now();
     let o = upload(&proxy, &id, &["--retries", "0", "--idle-timeout", "2"]);
@@ -470,7 +469,7 @@ fn upload_faults_never_activate_a_partial_image() {
         ),
     );
     // A drip: the deadline fires.
-    let id = common::glance_image(None);
+    let id = helpers::glance_image(None);
     let proxy = fault_proxy("upload", "drip", 2000, &log);
     let t = Instant::now();
     let o = upload(
@@ -493,7 +492,7 @@ fn upload_faults_never_activate_a_partial_image() {
         ),
     );
     // One fault, one retry: active, with the checksum of what we sent.
-    let id = common::glance_image(None);
+    let id = helpers::glance_image(None);
     let proxy = fault_proxy("upload", "reset", 3000, &log);
     let o = upload(
         &proxy,
@@ -514,7 +513,7 @@ fn upload_faults_never_activate_a_partial_image() {
     );
     // The whole upload arrived but its answer was lost: the retry finds the image
     // active with exactly our bytes and calls it done, sending nothing twice.
-    let id = common::glance_image(None);
+    let id = helpers::glance_image(None);
     let proxy = fault_proxy("upload-answer", "cut", 0, &log);
     let o = upload(
         &proxy,
@@ -550,7 +549,7 @@ fn kill_9_in_every_phase_then_sweep() {
     let mark = site.path("paused");
     let start = |env: &[(&str, &str)], extra: &[&str]| -> Child {
         let url = format!("file://{}", tgz.display());
-        Command::new(common::bin())
+        Command::new(helpers::bin())
             .args(["download", "--endpoint", &url, "--sr-path"])
             .arg(&site.sr)
             .args(["--lock-dir", &site.lock_dir(), "--no-lock"])
@@ -654,9 +653,9 @@ fn disk_full_during_unpack() {
     // 5 MiB of random data in one VHD: fits the 8 MiB SR until 4 MiB go elsewhere.
     let src = dir.path().join(uuid::Uuid::new_v4().to_string());
     std::fs::create_dir(&src).unwrap();
-    let vdi = common::random_vdi(&src, 5);
+    let vdi = helpers::random_vdi(&src, 5);
     let tgz = dir.path().join("img.tgz");
-    let o = common::run(
+    let o = helpers::run(
         dir.path(),
         &[
             "upload",
@@ -670,7 +669,7 @@ fn disk_full_during_unpack() {
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let child = Command::new(common::bin())
+    let child = Command::new(helpers::bin())
         .args([
             "download",
             "--endpoint",
@@ -728,22 +727,22 @@ fn disk_full_during_unpack() {
 /// into four images at once, and a download racing `sweep` every 20 ms.
 #[test]
 fn concurrent_runs_stay_correct() {
-    let _turn = common::glance_turn();
+    let _turn = helpers::glance_turn();
     let mut report = Report::new("concurrency");
     let site = Site::new();
     let before = site.snapshot();
     // Four images (the same chain, uploaded four times: four ids, four imports).
     let ids: Vec<String> = (0..4)
-        .map(|i| common::glance_image(Some(&site.tarball(&format!("img{i}.tgz")))))
+        .map(|i| helpers::glance_image(Some(&site.tarball(&format!("img{i}.tgz")))))
         .collect();
     let runs: Vec<Child> = ids
         .iter()
         .map(|id| {
-            Command::new(common::bin())
+            Command::new(helpers::bin())
                 .args([
                     "download",
                     "--endpoint",
-                    common::glance_url(),
+                    helpers::glance_url(),
                     "--image-id",
                     id,
                     "--sr-path",
@@ -779,10 +778,10 @@ fn concurrent_runs_stay_correct() {
     // threaded server that checks each body's checksum the way Glance does.
     let snap = site.snapshot();
     let store = site.path("v1-store");
-    let standin = common::Peer::start(&store, &[]);
+    let standin = helpers::Peer::start(&store, &[]);
     let runs: Vec<Child> = (0..4)
         .map(|i| {
-            Command::new(common::bin())
+            Command::new(helpers::bin())
                 .args(["upload", "--endpoint", &standin.url(), "--api-version", "1"])
                 .args(["--image-id", &format!("concurrent-{i}"), "--sr-path"])
                 .arg(&site.sr)
@@ -821,7 +820,7 @@ fn concurrent_runs_stay_correct() {
     // A slow download while sweep runs every 20 ms with --older-than 0.
     let snap = site.snapshot();
     let url = format!("file://{}", site.tarball("slow.tgz").display());
-    let dl = Command::new(common::bin())
+    let dl = Command::new(helpers::bin())
         .args(["download", "--endpoint", &url, "--sr-path"])
         .arg(&site.sr)
         .args([

@@ -1,6 +1,5 @@
 //! Shared by the integration tests: where the binary, the samples and the Python peers
 //! are, and a scratch directory with the samples unpacked side by side.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -300,8 +299,8 @@ pub fn glance_port() -> u16 {
 }
 
 /// Glance on sqlite answers "database is locked" (HTTP 500) to concurrent writers: the
-/// tests of one binary take turns, each holding this for its whole run (test binaries
-/// run one after another).
+/// tests that use it take turns (whatever their module), each holding this for its
+/// whole run.
 pub fn glance_turn() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())

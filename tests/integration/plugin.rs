@@ -4,8 +4,7 @@
 //! the helpers take an endpoint and an API version so a real Glance plugs in the same
 //! way. Kernel calls run against a xapi stand-in (tests/plugin/xapi_standin.py).
 
-mod common;
-
+use crate::helpers;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,7 +34,7 @@ fn install_shim(dir: &Path, name: &str) -> PathBuf {
     );
     let text = text.replace(
         "/usr/local/bin/glance-vhd",
-        common::bin().to_str().expect("utf-8 path"),
+        helpers::bin().to_str().expect("utf-8 path"),
     );
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -102,7 +101,7 @@ impl Sr {
     /// own CLI from a GNU tar tarball.
     fn with_chain() -> Sr {
         let dir = tempfile::tempdir().unwrap();
-        let samples = common::unpacked_samples();
+        let samples = helpers::unpacked_samples();
         let stage = dir.path().join("stage");
         std::fs::create_dir(&stage).unwrap();
         for (i, f) in ["grandchild.vhd", "child.vhd", "parent.vhd"]
@@ -136,8 +135,8 @@ impl Sr {
         for u in UUIDS {
             args.extend(["--uuid", u]);
         }
-        let o = common::run(dir.path(), &args);
-        assert!(o.status.success(), "{}", common::stderr(&o));
+        let o = helpers::run(dir.path(), &args);
+        assert!(o.status.success(), "{}", helpers::stderr(&o));
         Sr { dir, sr }
     }
 
@@ -154,20 +153,20 @@ impl Sr {
 
     /// The virtual disk a VHD chain reads as, hashed (through the parents).
     fn disk_sha(leaf: &Path) -> String {
-        let o = Command::new(common::bin())
+        let o = Command::new(helpers::bin())
             .args(["vhd", "read"])
             .arg(leaf)
             .arg("-")
             .output()
             .unwrap();
-        assert!(o.status.success(), "{}", common::stderr(&o));
+        assert!(o.status.success(), "{}", helpers::stderr(&o));
         use sha2::{Digest, Sha256};
         format!("{:x}", Sha256::digest(&o.stdout))
     }
 }
 
 /// The Glance v1 stand-in (tests/peers/glance_v1_standin.py).
-use common::Peer as Standin;
+use crate::helpers::Peer as Standin;
 
 /// `upload_vhd2` of the SR's chain as `image_id`, then `download_vhd2` of it into a fresh
 /// SR: the downloaded chain reads as the same disk. `endpoint`/`api_version` pick the
@@ -772,12 +771,14 @@ fn copy_vdi_streams() {
 /// os-xenapi drive it: `upload_vhd2` into a queued image, `download_vhd2` back.
 #[test]
 fn upload_vhd2_then_download_vhd2_against_the_real_glance_v2() {
-    let url = common::glance_url();
-    let o = common::glance_client(&["create", "plugin-v2"]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let id = common::stdout(&o).trim().to_string();
+    // One binary now: take turns with the other tests that use the test Glance.
+    let _turn = helpers::glance_turn();
+    let url = helpers::glance_url();
+    let o = helpers::glance_client(&["create", "plugin-v2"]);
+    assert!(o.status.success(), "{}", helpers::stderr(&o));
+    let id = helpers::stdout(&o).trim().to_string();
     upload2_then_download2(url, 2, &id, "test-token");
-    let o = common::glance_client(&["show", &id]);
+    let o = helpers::glance_client(&["show", &id]);
     let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(rec["status"], "active");
     assert_eq!(rec["disk_format"], "vhd");

@@ -3,9 +3,8 @@
 //! make; qemu-img reads what `vhd create` makes; the dfvfs third-party files behave as
 //! documented. Every run drives the real binary, as a user does.
 
-mod common;
-
-use common::{content_sums, run, samples_dir, stderr, stdout};
+use crate::helpers;
+use crate::helpers::{content_sums, run, samples_dir, stderr, stdout};
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,7 +19,7 @@ fn vhdi_script() -> PathBuf {
 /// libvhdi's view of a chain (leaf first): identifiers, and unless `no_read` the sha256
 /// of the whole media read through the leaf.
 fn vhdi(dir: &Path, chain: &[&str], read: bool) -> Value {
-    let mut c = Command::new(common::python());
+    let mut c = Command::new(helpers::python());
     c.arg(vhdi_script()).current_dir(dir);
     if !read {
         c.arg("--no-read");
@@ -36,7 +35,7 @@ fn vhdi(dir: &Path, chain: &[&str], read: bool) -> Value {
 
 /// libvhdi's view when it is expected to fail: its stderr.
 fn vhdi_fails(dir: &Path, chain: &[&str]) -> String {
-    let o = Command::new(common::python())
+    let o = Command::new(helpers::python())
         .arg(vhdi_script())
         .args(chain)
         .current_dir(dir)
@@ -73,7 +72,7 @@ fn sha256_file(p: &Path) -> String {
 }
 
 /// The samples unpacked side by side with the README's parent mtimes, as
-/// `common::unpacked_samples` does, but with gunzip(1): the in-process inflate is
+/// `helpers::unpacked_samples` does, but with gunzip(1): the in-process inflate is
 /// unoptimised in test builds and takes seconds.
 fn unpacked_samples() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -149,7 +148,7 @@ fn qemu_base(dir: &Path, name: &str, size: usize, fills: &[(usize, usize, u8)]) 
     }
     let raw_path = dir.join(format!("{name}.raw"));
     std::fs::write(&raw_path, &raw).unwrap();
-    common::qemu_vhd(&raw_path, &dir.join(name));
+    helpers::qemu_vhd(&raw_path, &dir.join(name));
     raw
 }
 

@@ -8,9 +8,8 @@
 //! an invalid file invalid and say why (and a valid one valid, with `info`, `query` and
 //! `read` then working); `info` and `read` errors must name the file.
 
-mod common;
-
-use common::{samples_dir, stderr};
+use crate::helpers;
+use crate::helpers::{samples_dir, stderr};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -40,7 +39,7 @@ impl Outcome {
 
 /// Run the binary in `cwd`; fail the test if it runs past the deadline (it is killed).
 fn run_limited(cwd: &Path, args: &[&str]) -> Outcome {
-    let mut child = Command::new(common::bin())
+    let mut child = Command::new(helpers::bin())
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
