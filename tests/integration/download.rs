@@ -78,7 +78,7 @@ impl Sr {
     fn py_tar(&self, spec: serde_json::Value) -> PathBuf {
         let out = self._dir.path().join(format!("py-{}.tgz", rand()));
         let st = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/make_tar.py"))
+            .arg(helpers::repo().join("tests/peers/make_tar.py"))
             .arg(&out)
             .arg(spec.to_string())
             .status()

@@ -21,14 +21,6 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::{stderr, stdout};
 
-fn full() -> bool {
-    std::env::var("GLANCE_VHD_FAULTS").is_ok_and(|v| v == "full")
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// One table per test: case → outcome, written to target/tmp/faults-<name>.md.
 struct Report {
     name: &'static str,
@@ -216,13 +208,13 @@ fn fault_proxy(direction: &str, fault: &str, at: u64, log: &Path) -> helpers::Pe
 /// [label, compressed offset] pairs inside the structures of `tgz`.
 fn offsets(tgz: &Path) -> Vec<(String, u64)> {
     let o = Command::new("python3")
-        .arg(repo().join("tests/peers/offsets.py"))
+        .arg(helpers::repo().join("tests/peers/offsets.py"))
         .arg(tgz)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Vec<(String, u64)> = serde_json::from_slice(&o.stdout).unwrap();
-    if full() {
+    if helpers::faults_full() {
         assert!(v.len() >= 20, "{v:?}");
         v
     } else {
@@ -278,7 +270,11 @@ fn download_faults_leave_the_sr_untouched() {
         a.extend_from_slice(extra);
         site.run(&a)
     };
-    let faults: &[&str] = if full() { &["cut", "reset"] } else { &["cut"] };
+    let faults: &[&str] = if helpers::faults_full() {
+        &["cut", "reset"]
+    } else {
+        &["cut"]
+    };
     for (label, at) in offsets(&tgz) {
         for fault in faults {
             let proxy = fault_proxy("download", fault, at, &log);
@@ -295,7 +291,7 @@ fn download_faults_leave_the_sr_untouched() {
             );
         }
     }
-    if !full() {
+    if !helpers::faults_full() {
         let proxy = fault_proxy("download", "reset", 4000, &log);
         let o = download(&proxy, &["--retries", "0"]);
         assert_eq!(exit_of(&o), Some(5), "reset: {}", stderr(&o));
@@ -430,7 +426,11 @@ fn upload_faults_never_activate_a_partial_image() {
         assert_ne!(status, "active", "{what}: a partial upload became active");
         status
     };
-    let faults: &[&str] = if full() { &["cut", "reset"] } else { &["cut"] };
+    let faults: &[&str] = if helpers::faults_full() {
+        &["cut", "reset"]
+    } else {
+        &["cut"]
+    };
     for (label, at) in offsets(&local) {
         for fault in faults {
             let id = helpers::glance_image(None);

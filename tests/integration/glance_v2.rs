@@ -8,10 +8,6 @@ use crate::helpers;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn glance() -> &'static str {
     helpers::glance_url()
 }
@@ -178,7 +174,7 @@ fn download_every_layout_made_by_gnu_tar() {
         }
         // libvhdi, an independent reader, follows the relinked chain to the same bytes.
         let o = Command::new(helpers::python())
-            .arg(repo().join("tests/peers/vhdi_read.py"))
+            .arg(helpers::repo().join("tests/peers/vhdi_read.py"))
             .args(chain.iter().map(|u| sr.join(format!("{u}.vhd"))))
             .output()
             .unwrap();
@@ -372,7 +368,7 @@ fn upload_then_read_back_with_plain_http_gnu_tar_python_and_our_download() {
         .collect();
     assert_eq!(w.content(&chain[0]), GRANDCHILD);
     let o = Command::new(helpers::python())
-        .arg(repo().join("tests/peers/vhdi_read.py"))
+        .arg(helpers::repo().join("tests/peers/vhdi_read.py"))
         .args(&chain)
         .output()
         .unwrap();

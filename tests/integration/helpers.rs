@@ -4,21 +4,64 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+// ---- The environment: every variable the tests read is read here, and only here ----
+
+/// The binary under test (`make test`: the static musl build).
+pub const BIN_VAR: &str = "GLANCE_VHD_BIN";
+/// The Python with the peers installed (`make test`: `.venv/bin/python`).
+pub const PYTHON_VAR: &str = "GLANCE_VHD_PYTHON";
+/// The VHD samples (`make test`: `../shared/vhd-samples`).
+pub const SAMPLES_VAR: &str = "GLANCE_VHD_SAMPLES";
+/// `full` for the whole fault suite (`make faults`); else its short form.
+pub const FAULTS_VAR: &str = "GLANCE_VHD_FAULTS";
+/// Set by `fuzz_fixtures` for the child process that replays one fixture.
+pub const FUZZ_FIXTURE_VAR: &str = "GLANCE_VHD_FUZZ_FIXTURE";
+
+/// The variables above, read once.
+struct TestEnv {
+    bin: Option<PathBuf>,
+    python: Option<PathBuf>,
+    samples: Option<PathBuf>,
+    faults_full: bool,
+    fuzz_fixture: Option<PathBuf>,
+}
+
+fn test_env() -> &'static TestEnv {
+    static ENV: std::sync::OnceLock<TestEnv> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let path = |name| std::env::var_os(name).map(PathBuf::from);
+        TestEnv {
+            bin: path(BIN_VAR),
+            python: path(PYTHON_VAR),
+            samples: path(SAMPLES_VAR),
+            faults_full: std::env::var(FAULTS_VAR).is_ok_and(|v| v == "full"),
+            fuzz_fixture: path(FUZZ_FIXTURE_VAR),
+        }
+    })
+}
+
+/// The repository (the manifest directory): the peers, the shims, the fixtures.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
 /// The binary under test: the static musl build when `make test` runs us
 /// (`GLANCE_VHD_BIN`), else the one cargo built for this test run.
 pub fn bin() -> PathBuf {
-    std::env::var_os("GLANCE_VHD_BIN")
-        .map(PathBuf::from)
+    test_env()
+        .bin
+        .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_glance-vhd")))
 }
 
 pub fn samples_dir() -> PathBuf {
-    let p = std::env::var_os("GLANCE_VHD_SAMPLES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vhd-samples"));
+    let p = test_env()
+        .samples
+        .clone()
+        .unwrap_or_else(|| repo().join("../shared/vhd-samples"));
     assert!(
         p.join("README.md").exists(),
-        "VHD samples not found at {} (set GLANCE_VHD_SAMPLES)",
+        "VHD samples not found at {} (set {SAMPLES_VAR})",
         p.display()
     );
     p
@@ -27,9 +70,10 @@ pub fn samples_dir() -> PathBuf {
 /// The Python with the peers installed (libvhdi). `make test` sets it; without it the
 /// peer tests fail rather than pass vacuously.
 pub fn python() -> PathBuf {
-    let p = std::env::var_os("GLANCE_VHD_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    let p = test_env()
+        .python
+        .clone()
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
     assert!(
         p.exists(),
         "Python peers not installed at {} (run `make setup`)",
@@ -37,6 +81,18 @@ pub fn python() -> PathBuf {
     );
     p
 }
+
+/// The fault suite in full (`make faults`: every cut offset, the tables printed).
+pub fn faults_full() -> bool {
+    test_env().faults_full
+}
+
+/// In the child process `fuzz_fixtures` starts: the one fixture to replay.
+pub fn fuzz_fixture_to_replay() -> Option<PathBuf> {
+    test_env().fuzz_fixture.clone()
+}
+
+// ---- Samples, hashes, scratch SRs ----
 
 /// A fresh directory holding every sample (tap-chain, qemu-parent, dfvfs) unpacked side
 /// by side, with the parent mtimes the README pins (the parent timestamp field is the
@@ -159,7 +215,7 @@ impl Peer {
     fn spawn(script: &str, args: &[&std::ffi::OsStr], dir: &Path) -> Peer {
         use std::io::BufRead;
         let mut child = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
+            .arg(repo().join(script))
             .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -256,7 +312,7 @@ pub fn glance_url() -> &'static str {
     static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     URL.get_or_init(|| {
         let o = Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/glance/glance.sh"))
+            .arg(repo().join("tests/glance/glance.sh"))
             .arg("start")
             .output()
             .expect("run tests/glance/glance.sh");
@@ -309,7 +365,7 @@ pub fn glance_turn() -> std::sync::MutexGuard<'static, ()> {
 /// tests/glance/glance_client.py (a plain HTTP client) against the test Glance.
 pub fn glance_client(args: &[&str]) -> Output {
     Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/glance/glance_client.py"))
+        .arg(repo().join("tests/glance/glance_client.py"))
         .args(args)
         .env("GLANCE_URL", glance_url())
         .output()

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 const MIB: usize = 1 << 20;
 
 fn vhdi_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/vhdi_read.py")
+    helpers::repo().join("tests/peers/vhdi_read.py")
 }
 
 /// libvhdi's view of a chain (leaf first): identifiers, and unless `no_read` the sha256

@@ -11,10 +11,8 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
 
-const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
-
 fn helper(name: &str) -> PathBuf {
-    Path::new(MANIFEST).join("tests/plugin").join(name)
+    helpers::repo().join("tests/plugin").join(name)
 }
 
 /// A copy of a shim as `make install` writes it, pointing at the binary under test,
@@ -25,8 +23,8 @@ fn install_shim(dir: &Path, name: &str) -> PathBuf {
         "dash is needed to run the shims as xapi's /bin/sh would (apt-get install dash)"
     );
     let base = name.strip_suffix(".py").unwrap_or(name);
-    let text = std::fs::read_to_string(Path::new(MANIFEST).join("plugin-wrapper").join(base))
-        .expect("shim");
+    let text =
+        std::fs::read_to_string(helpers::repo().join("plugin-wrapper").join(base)).expect("shim");
     assert_eq!(
         text.lines().filter(|l| l.starts_with("exec ")).count(),
         1,
