@@ -257,10 +257,8 @@ struct Scratch {
 impl Scratch {
     fn new(mib: usize) -> Scratch {
         let dir = tempfile::tempdir().unwrap();
-        let sr = dir.path().join(uuid::Uuid::new_v4().to_string());
-        let sr2 = dir.path().join(uuid::Uuid::new_v4().to_string());
-        std::fs::create_dir(&sr).unwrap();
-        std::fs::create_dir(&sr2).unwrap();
+        let sr = helpers::new_sr(dir.path());
+        let sr2 = helpers::new_sr(dir.path());
         let vdi = helpers::random_vdi(&sr, mib);
         Scratch { dir, sr, sr2, vdi }
     }

@@ -114,15 +114,10 @@ fn run_limited(cwd: &Path, args: &[&str]) -> Outcome {
 /// unoptimised in test builds).
 fn unpack(dir: &Path, names: &[&str]) {
     for n in names {
-        let gz = samples_dir().join("tap-chain").join(format!("{n}.gz"));
-        let out = std::fs::File::create(dir.join(n)).unwrap();
-        let st = Command::new("gunzip")
-            .arg("-c")
-            .arg(&gz)
-            .stdout(out)
-            .status()
-            .expect("gunzip");
-        assert!(st.success(), "gunzip {}", gz.display());
+        helpers::gunzip(
+            &samples_dir().join("tap-chain").join(format!("{n}.gz")),
+            &dir.join(n),
+        );
     }
 }
 

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{stderr, stdout};
+use crate::helpers::{glance_record, stderr, stdout};
 
 /// One table per test: case → outcome, written to target/tmp/faults-<name>.md.
 struct Report {
@@ -73,8 +73,7 @@ impl Site {
     fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
         let samples = helpers::unpacked_samples();
-        let sr = dir.path().join(uuid::Uuid::new_v4().to_string());
-        std::fs::create_dir(&sr).unwrap();
+        let sr = helpers::new_sr(dir.path());
         let (leaf, base) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
         let leaf = sr.join(format!("{leaf}.vhd"));
         let base = sr.join(format!("{base}.vhd"));
@@ -106,50 +105,18 @@ impl Site {
     /// `tar -zc` of the tap sample chain as 0.vhd (leaf) … 2.vhd (base), as the old
     /// plugin made images.
     fn tarball(&self, name: &str) -> PathBuf {
-        let stage = self.path(&format!("stage-{name}"));
-        std::fs::create_dir(&stage).unwrap();
-        for (i, f) in ["grandchild.vhd", "child.vhd", "parent.vhd"]
-            .iter()
-            .enumerate()
-        {
-            std::fs::copy(self.samples.path().join(f), stage.join(format!("{i}.vhd"))).unwrap();
-        }
         let out = self.path(name);
-        let st = Command::new("tar")
-            .arg("-zcf")
-            .arg(&out)
-            .arg("-C")
-            .arg(&stage)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        helpers::gnu_tar(self.samples.path(), &helpers::TAP_CHAIN, &out);
         out
     }
 
     /// Every file in the SR with the SHA-256 of its bytes.
     fn snapshot(&self) -> BTreeMap<String, String> {
-        std::fs::read_dir(&self.sr)
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                let name = e.file_name().to_string_lossy().into_owned();
-                let sum = if e.file_type().unwrap().is_file() {
-                    helpers::sha256_file(&e.path())
-                } else {
-                    "<dir>".into()
-                };
-                (name, sum)
-            })
-            .collect()
+        helpers::snapshot(&self.sr)
     }
 
     fn staging_dirs(&self) -> Vec<String> {
-        std::fs::read_dir(&self.sr)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".glance-vhd-staging-"))
-            .collect()
+        helpers::staging_dirs(&self.sr)
     }
 
     /// Every VHD in the SR opens, and so does its whole chain of parents.
@@ -228,12 +195,6 @@ fn offsets(tgz: &Path) -> Vec<(String, u64)> {
         short.extend(v.into_iter().filter(|(l, _)| keep.contains(&l.as_str())));
         short
     }
-}
-
-fn glance_record(id: &str) -> serde_json::Value {
-    let o = helpers::glance_client(&["show", id]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 fn exit_of(o: &Output) -> Option<i32> {
@@ -635,21 +596,8 @@ fn kill_9_in_every_phase_then_sweep() {
 fn disk_full_during_unpack() {
     let mut report = Report::new("disk-full");
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join(uuid::Uuid::new_v4().to_string());
-    std::fs::create_dir(&mnt).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs (root is needed, as in dom0)");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _u = Unmount(mnt.clone());
+    let mnt = helpers::new_sr(dir.path());
+    let _u = helpers::Tmpfs::mount(&mnt, "8m");
     // 5 MiB of random data in one VHD: fits the 8 MiB SR until 4 MiB go elsewhere.
     let src = dir.path().join(uuid::Uuid::new_v4().to_string());
     std::fs::create_dir(&src).unwrap();

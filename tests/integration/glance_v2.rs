@@ -8,19 +8,10 @@ use crate::helpers;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn glance() -> &'static str {
-    helpers::glance_url()
-}
-
-fn client(args: &[&str]) -> Output {
-    helpers::glance_client(args)
-}
-
-fn record(id: &str) -> serde_json::Value {
-    let o = client(&["show", id]);
-    assert!(o.status.success(), "{}", helpers::stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
+use crate::helpers::{
+    glance_client as client, glance_record as record, glance_url as glance, listing,
+    CHILD_CONTENT as CHILD, GRANDCHILD_CONTENT as GRANDCHILD, PARENT_CONTENT as PARENT,
+};
 
 struct Work {
     dir: tempfile::TempDir,
@@ -46,23 +37,11 @@ impl Work {
 
     /// `tar -zc --directory=STAGE .` of samples under member names.
     fn tarball(&self, files: &[(&str, &str)]) -> PathBuf {
-        let stage = tempfile::tempdir().unwrap();
-        for (name, sample) in files {
-            std::fs::copy(self.samples.path().join(sample), stage.path().join(name)).unwrap();
-        }
         let out = self
             .dir
             .path()
             .join(format!("{}.tgz", uuid::Uuid::new_v4()));
-        assert!(Command::new("tar")
-            .arg("-zcf")
-            .arg(&out)
-            .arg("--directory")
-            .arg(stage.path())
-            .arg(".")
-            .status()
-            .unwrap()
-            .success());
+        helpers::gnu_tar(self.samples.path(), files, &out);
         out
     }
 
@@ -90,28 +69,9 @@ impl Work {
     }
 
     fn content(&self, vhd: &Path) -> String {
-        let out = self
-            .dir
-            .path()
-            .join(format!("{}.raw", uuid::Uuid::new_v4()));
-        let o = self.run(&["vhd", "read", vhd.to_str().unwrap(), out.to_str().unwrap()]);
-        assert!(o.status.success(), "{}", helpers::stderr(&o));
-        helpers::sha256_file(&out)
+        helpers::content_sha(self.dir.path(), vhd)
     }
 }
-
-fn listing(sr: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(sr)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-const GRANDCHILD: &str = "9d79e9372eb2b98c93e9be5efe933f685564698b6795704fa342f19883b1c552";
-const CHILD: &str = "097a52dea8e7f8ba290699d56f5fb56e4ca45c644456649e528b2bf01e3a5426";
-const PARENT: &str = "8ff122f704ccf7b0a4a0c101cbbfd838820d48e4504770dee4ea9223d567f648";
 
 #[test]
 fn download_every_layout_made_by_gnu_tar() {
@@ -173,17 +133,8 @@ fn download_every_layout_made_by_gnu_tar() {
             assert_eq!(&w.content(&sr.join(format!("{u}.vhd"))), h, "{what}: {u}");
         }
         // libvhdi, an independent reader, follows the relinked chain to the same bytes.
-        let o = Command::new(helpers::python())
-            .arg(helpers::repo().join("tests/peers/vhdi_read.py"))
-            .args(chain.iter().map(|u| sr.join(format!("{u}.vhd"))))
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{what}: libvhdi: {}",
-            helpers::stderr(&o)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let files: Vec<PathBuf> = chain.iter().map(|u| sr.join(format!("{u}.vhd"))).collect();
+        let v = helpers::vhdi(w.dir.path(), &files, true);
         assert_eq!(v["sha256"], expect[0], "{what}: libvhdi content");
         let leaf = sr.join(format!("{}.vhd", chain[0]));
         let o = w.run(&["vhd", "check", "--parents", leaf.to_str().unwrap()]);
@@ -262,24 +213,7 @@ fn download_failures_leave_the_sr_untouched() {
 /// An SR with the sample chain under known VDI UUIDs (made by our download).
 fn sr_with_chain(w: &Work) -> (PathBuf, [String; 3]) {
     let sr = w.sr("c4a1c4a1");
-    let tgz = w.tarball(&[
-        ("0.vhd", "grandchild.vhd"),
-        ("1.vhd", "child.vhd"),
-        ("2.vhd", "parent.vhd"),
-    ]);
-    let url = format!("file://{}", tgz.display());
-    let lock = w.dir.path().join("lock");
-    let o = w.run(&[
-        "download",
-        "--endpoint",
-        &url,
-        "--sr-path",
-        sr.to_str().unwrap(),
-        "--lock-dir",
-        lock.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", helpers::stderr(&o));
-    let u: Vec<String> = helpers::stdout(&o).lines().map(str::to_string).collect();
+    let u = helpers::import_tap_chain(w.dir.path(), &sr, &[]);
     (sr, [u[0].clone(), u[1].clone(), u[2].clone()])
 }
 
@@ -367,13 +301,7 @@ fn upload_then_read_back_with_plain_http_gnu_tar_python_and_our_download() {
         .map(|u| sr2.join(format!("{u}.vhd")))
         .collect();
     assert_eq!(w.content(&chain[0]), GRANDCHILD);
-    let o = Command::new(helpers::python())
-        .arg(helpers::repo().join("tests/peers/vhdi_read.py"))
-        .args(&chain)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "libvhdi: {}", helpers::stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = helpers::vhdi(w.dir.path(), &chain, true);
     assert_eq!(
         v["sha256"], GRANDCHILD,
         "libvhdi reads the downloaded chain"

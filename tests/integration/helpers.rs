@@ -94,22 +94,29 @@ pub fn fuzz_fixture_to_replay() -> Option<PathBuf> {
 
 // ---- Samples, hashes, scratch SRs ----
 
+/// `gunzip -c GZ > OUT`: the in-process inflate is unoptimised in test builds and takes
+/// seconds.
+pub fn gunzip(gz: &Path, out: &Path) {
+    let file = std::fs::File::create(out).expect("create the unpacked file");
+    let st = Command::new("gunzip")
+        .arg("-c")
+        .arg(gz)
+        .stdout(file)
+        .status()
+        .expect("gunzip");
+    assert!(st.success(), "gunzip {}", gz.display());
+}
+
 /// A fresh directory holding every sample (tap-chain, qemu-parent, dfvfs) unpacked side
 /// by side, with the parent mtimes the README pins (the parent timestamp field is the
 /// parent's mtime).
 pub fn unpacked_samples() -> tempfile::TempDir {
-    use std::io::Read;
     let dir = tempfile::tempdir().expect("tempdir");
     for sub in ["tap-chain", "qemu-parent", "dfvfs"] {
         for e in std::fs::read_dir(samples_dir().join(sub)).expect("samples") {
             let p = e.expect("entry").path();
             if p.extension().is_some_and(|x| x == "gz") {
-                let mut out = Vec::new();
-                flate2::read::GzDecoder::new(std::fs::File::open(&p).expect("open sample"))
-                    .read_to_end(&mut out)
-                    .expect("gunzip sample");
-                let name = p.file_stem().expect("stem");
-                std::fs::write(dir.path().join(name), out).expect("write sample");
+                gunzip(&p, &dir.path().join(p.file_stem().expect("stem")));
             }
         }
     }
@@ -128,6 +135,159 @@ pub fn unpacked_samples() -> tempfile::TempDir {
         assert!(st.success());
     }
     dir
+}
+
+/// The SHA-256 of the content the tap sample chain reads as, through each layer (from
+/// `SHA256SUMS.content`).
+pub const GRANDCHILD_CONTENT: &str =
+    "9d79e9372eb2b98c93e9be5efe933f685564698b6795704fa342f19883b1c552";
+pub const CHILD_CONTENT: &str = "097a52dea8e7f8ba290699d56f5fb56e4ca45c644456649e528b2bf01e3a5426";
+pub const PARENT_CONTENT: &str = "8ff122f704ccf7b0a4a0c101cbbfd838820d48e4504770dee4ea9223d567f648";
+
+/// The tap sample chain as the old plugin named an image's members: 0.vhd (the leaf,
+/// grandchild) … 2.vhd (the base, parent).
+pub const TAP_CHAIN: [(&str, &str); 3] = [
+    ("0.vhd", "grandchild.vhd"),
+    ("1.vhd", "child.vhd"),
+    ("2.vhd", "parent.vhd"),
+];
+
+/// `tar -zc --directory=STAGE .` (the old plugin's way) of samples from `samples` under
+/// member names: `files` is (member, sample) pairs. Written to `out`.
+pub fn gnu_tar(samples: &Path, files: &[(&str, &str)], out: &Path) {
+    let stage = tempfile::tempdir().expect("tempdir");
+    for (name, sample) in files {
+        std::fs::copy(samples.join(sample), stage.path().join(name)).expect("stage a sample");
+    }
+    let st = Command::new("tar")
+        .arg("-zcf")
+        .arg(out)
+        .arg("--directory")
+        .arg(stage.path())
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(st.success(), "tar -zcf {}", out.display());
+}
+
+/// A new empty SR directory in `dir`, named like one (its name is the SR UUID for the
+/// lock).
+pub fn new_sr(dir: &Path) -> PathBuf {
+    let sr = dir.join(uuid::Uuid::new_v4().to_string());
+    std::fs::create_dir(&sr).expect("create the SR");
+    sr
+}
+
+/// `glance-vhd download` from the local store (`file://TGZ`) into `sr`, run in `cwd`
+/// with the lock directory `lock`, then `extra`.
+pub fn download_file(cwd: &Path, tgz: &Path, sr: &Path, lock: &Path, extra: &[&str]) -> Output {
+    let url = format!("file://{}", tgz.display());
+    let mut args = vec![
+        "download",
+        "--endpoint",
+        &url,
+        "--sr-path",
+        sr.to_str().expect("a UTF-8 path"),
+        "--lock-dir",
+        lock.to_str().expect("a UTF-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    run(cwd, &args)
+}
+
+/// The tap sample chain imported into `sr` by our own download of a GNU-tar tarball
+/// (made in `dir`, lock directory `dir/lock`), under the VDI UUIDs `uuids` (leaf first;
+/// none: new ones). The VDI UUIDs, leaf first.
+pub fn import_tap_chain(dir: &Path, sr: &Path, uuids: &[&str]) -> Vec<String> {
+    let samples = unpacked_samples();
+    let tgz = dir.join(format!("{}.tgz", uuid::Uuid::new_v4()));
+    gnu_tar(samples.path(), &TAP_CHAIN, &tgz);
+    let extra: Vec<&str> = uuids.iter().flat_map(|u| ["--uuid", u]).collect();
+    let o = download_file(dir, &tgz, sr, &dir.join("lock"), &extra);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let chain: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    assert_eq!(chain.len(), 3, "{chain:?}");
+    if !uuids.is_empty() {
+        assert_eq!(chain, uuids);
+    }
+    chain
+}
+
+/// The names in `dir`, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read the directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every entry of `sr` with the SHA-256 of its bytes (`<dir>` for a directory), to
+/// compare before and after.
+pub fn snapshot(sr: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(sr)
+        .expect("read the SR")
+        .map(|e| {
+            let e = e.expect("entry");
+            let name = e.file_name().to_string_lossy().into_owned();
+            let sum = if e.file_type().expect("file type").is_file() {
+                sha256_file(&e.path())
+            } else {
+                "<dir>".into()
+            };
+            (name, sum)
+        })
+        .collect()
+}
+
+/// The staging directories (`.glance-vhd-staging…`) left in `sr`.
+pub fn staging_dirs(sr: &Path) -> Vec<String> {
+    listing(sr)
+        .into_iter()
+        .filter(|n| n.starts_with(".glance-vhd-staging"))
+        .collect()
+}
+
+/// The SHA-256 of the virtual disk `vhd` reads as (through its parents), by our
+/// `vhd read` into a file in `cwd`.
+pub fn content_sha(cwd: &Path, vhd: &Path) -> String {
+    let out = cwd.join(format!("{}.raw", uuid::Uuid::new_v4()));
+    let o = run(
+        cwd,
+        &[
+            "vhd",
+            "read",
+            vhd.to_str().expect("a UTF-8 path"),
+            out.to_str().expect("a UTF-8 path"),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sum = sha256_file(&out);
+    std::fs::remove_file(&out).expect("remove the raw image");
+    sum
+}
+
+/// A tmpfs of `size` (`8m`) mounted on `at` (root is needed, as in dom0); unmounted when
+/// dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> Tmpfs {
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mount tmpfs (root is needed, as in dom0)");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
 
 /// `qemu-img convert` of a raw file into a dynamic VHD (qemu's `vpc`): an independent
@@ -183,10 +343,57 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// SHA-256 of a file by `sha256sum`: the in-process sha2 is unoptimised in test builds
+/// and takes a third of a second per 8 MiB.
 pub fn sha256_file(p: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let data = std::fs::read(p).expect("read");
-    format!("{:x}", Sha256::digest(data))
+    let o = Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .expect("sha256sum");
+    assert!(o.status.success(), "sha256sum {}", p.display());
+    stdout(&o)[..64].to_string()
+}
+
+/// SHA-256 of bytes by `sha256sum` (see [`sha256_file`]).
+pub fn sha256(b: &[u8]) -> String {
+    use std::io::Write;
+    let mut c = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    let mut stdin = c.stdin.take().expect("stdin");
+    let data = b.to_vec();
+    let w = std::thread::spawn(move || stdin.write_all(&data));
+    let o = c.wait_with_output().expect("sha256sum");
+    w.join().expect("the writer").expect("write to sha256sum");
+    assert!(o.status.success());
+    stdout(&o)[..64].to_string()
+}
+
+/// libvhdi's view of a chain (leaf first; tests/peers/vhdi_read.py run in `cwd`):
+/// identifiers, and with `read` the sha256 of the whole media read through the leaf.
+pub fn vhdi<P: AsRef<Path> + std::fmt::Debug>(
+    cwd: &Path,
+    chain: &[P],
+    read: bool,
+) -> serde_json::Value {
+    let mut c = Command::new(python());
+    c.arg(repo().join("tests/peers/vhdi_read.py"))
+        .current_dir(cwd);
+    if !read {
+        c.arg("--no-read");
+    }
+    let o = c
+        .args(chain.iter().map(AsRef::as_ref))
+        .output()
+        .expect("run python");
+    assert!(
+        o.status.success(),
+        "libvhdi failed on {chain:?}: {}",
+        stderr(&o)
+    );
+    serde_json::from_slice(&o.stdout).expect("vhdi_read.py prints JSON")
 }
 
 /// Expected content hashes from `SHA256SUMS.content`, by file name.
@@ -343,6 +550,13 @@ pub fn glance_image(tgz: Option<&Path>) -> String {
         assert!(o.status.success(), "{}", stderr(&o));
     }
     id
+}
+
+/// The test Glance's record of image `id` (`glance_client.py show`).
+pub fn glance_record(id: &str) -> serde_json::Value {
+    let o = glance_client(&["show", id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).expect("the image record")
 }
 
 /// The test Glance's port (for the proxies in front of it).

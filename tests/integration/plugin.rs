@@ -99,50 +99,14 @@ impl Sr {
     /// own CLI from a GNU tar tarball.
     fn with_chain() -> Sr {
         let dir = tempfile::tempdir().unwrap();
-        let samples = helpers::unpacked_samples();
-        let stage = dir.path().join("stage");
-        std::fs::create_dir(&stage).unwrap();
-        for (i, f) in ["grandchild.vhd", "child.vhd", "parent.vhd"]
-            .iter()
-            .enumerate()
-        {
-            std::fs::copy(samples.path().join(f), stage.join(format!("{i}.vhd"))).unwrap();
-        }
-        let tgz = dir.path().join("in.tgz");
-        assert!(Command::new("tar")
-            .arg("-zcf")
-            .arg(&tgz)
-            .arg("-C")
-            .arg(&stage)
-            .arg(".")
-            .status()
-            .unwrap()
-            .success());
         let sr = Sr::fresh(&dir);
-        let url = format!("file://{}", tgz.display());
-        let lock = dir.path().join("lock");
-        let mut args = vec![
-            "download",
-            "--endpoint",
-            &url,
-            "--sr-path",
-            sr.to_str().unwrap(),
-            "--lock-dir",
-            lock.to_str().unwrap(),
-        ];
-        for u in UUIDS {
-            args.extend(["--uuid", u]);
-        }
-        let o = helpers::run(dir.path(), &args);
-        assert!(o.status.success(), "{}", helpers::stderr(&o));
+        helpers::import_tap_chain(dir.path(), &sr, &UUIDS);
         Sr { dir, sr }
     }
 
     /// An empty SR directory named like one (its name is the SR UUID for the lock).
     fn fresh(dir: &tempfile::TempDir) -> PathBuf {
-        let sr = dir.path().join(uuid::Uuid::new_v4().to_string());
-        std::fs::create_dir(&sr).unwrap();
-        sr
+        helpers::new_sr(dir.path())
     }
 
     fn env(&self) -> Value {
@@ -150,16 +114,8 @@ impl Sr {
     }
 
     /// The virtual disk a VHD chain reads as, hashed (through the parents).
-    fn disk_sha(leaf: &Path) -> String {
-        let o = Command::new(helpers::bin())
-            .args(["vhd", "read"])
-            .arg(leaf)
-            .arg("-")
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", helpers::stderr(&o));
-        use sha2::{Digest, Sha256};
-        format!("{:x}", Sha256::digest(&o.stdout))
+    fn disk_sha(&self, leaf: &Path) -> String {
+        helpers::content_sha(self.dir.path(), leaf)
     }
 }
 
@@ -218,8 +174,8 @@ fn upload2_then_download2(endpoint: &str, api_version: i64, image_id: &str, toke
         assert!(fresh.join(format!("{u}.vhd")).exists(), "{u}");
     }
     assert_eq!(
-        Sr::disk_sha(&fresh.join(format!("{}.vhd", stack[2]))),
-        Sr::disk_sha(&s.sr.join(format!("{}.vhd", UUIDS[0])))
+        s.disk_sha(&fresh.join(format!("{}.vhd", stack[2]))),
+        s.disk_sha(&s.sr.join(format!("{}.vhd", UUIDS[0])))
     );
 }
 
@@ -294,8 +250,8 @@ fn diablo_upload_vhd_and_download_vhd() {
         ))
     );
     assert_eq!(
-        Sr::disk_sha(&fresh.join(format!("{}.vhd", stack[2]))),
-        Sr::disk_sha(&s.sr.join(format!("{}.vhd", UUIDS[0])))
+        s.disk_sha(&fresh.join(format!("{}.vhd", stack[2]))),
+        s.disk_sha(&s.sr.join(format!("{}.vhd", UUIDS[0])))
     );
     // Folsom's download_vhd (host/port kwargs, /v1/images) of the same image.
     let fresh = Sr::fresh(&s.dir);
@@ -776,8 +732,7 @@ fn upload_vhd2_then_download_vhd2_against_the_real_glance_v2() {
     assert!(o.status.success(), "{}", helpers::stderr(&o));
     let id = helpers::stdout(&o).trim().to_string();
     upload2_then_download2(url, 2, &id, "test-token");
-    let o = helpers::glance_client(&["show", &id]);
-    let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rec = helpers::glance_record(&id);
     assert_eq!(rec["status"], "active");
     assert_eq!(rec["disk_format"], "vhd");
     assert_eq!(rec["os_type"], "linux");

@@ -20,22 +20,13 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let samples = helpers::unpacked_samples();
     let images = dir.path().join("images");
-    let stage = dir.path().join("stage");
     std::fs::create_dir_all(&images).unwrap();
-    std::fs::create_dir_all(&stage).unwrap();
-    std::fs::copy(samples.path().join("child.vhd"), stage.join("0.vhd")).unwrap();
-    std::fs::copy(samples.path().join("parent.vhd"), stage.join("1.vhd")).unwrap();
-    let st = Command::new("tar")
-        .arg("-zcf")
-        .arg(images.join("img-1"))
-        .arg("--directory")
-        .arg(&stage)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let sr = dir.path().join(uuid::Uuid::new_v4().to_string());
-    std::fs::create_dir(&sr).unwrap();
+    helpers::gnu_tar(
+        samples.path(),
+        &[("0.vhd", "child.vhd"), ("1.vhd", "parent.vhd")],
+        &images.join("img-1"),
+    );
+    let sr = helpers::new_sr(dir.path());
     std::fs::write(sr.join("existing.vhd"), b"keep").unwrap();
     Fixture { dir, images, sr }
 }
@@ -64,12 +55,7 @@ impl Fixture {
     }
 
     fn listing(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.sr)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+        helpers::listing(&self.sr)
     }
 
     fn assert_untouched(&self, what: &str) {

@@ -22,48 +22,8 @@ const UUIDS: [&str; 3] = [
 
 fn sr_with_chain() -> Sr {
     let dir = tempfile::tempdir().unwrap();
-    let samples = helpers::unpacked_samples();
-    let stage = dir.path().join("stage");
-    std::fs::create_dir(&stage).unwrap();
-    for (i, f) in ["grandchild.vhd", "child.vhd", "parent.vhd"]
-        .iter()
-        .enumerate()
-    {
-        std::fs::copy(samples.path().join(f), stage.join(format!("{i}.vhd"))).unwrap();
-    }
-    let tgz = dir.path().join("in.tgz");
-    assert!(Command::new("tar")
-        .arg("-zcf")
-        .arg(&tgz)
-        .arg("-C")
-        .arg(&stage)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
-    let sr = dir.path().join(uuid::Uuid::new_v4().to_string());
-    std::fs::create_dir(&sr).unwrap();
-    let url = format!("file://{}", tgz.display());
-    let lock = dir.path().join("lock");
-    let o = helpers::run(
-        dir.path(),
-        &[
-            "download",
-            "--endpoint",
-            &url,
-            "--sr-path",
-            sr.to_str().unwrap(),
-            "--lock-dir",
-            lock.to_str().unwrap(),
-            "--uuid",
-            UUIDS[0],
-            "--uuid",
-            UUIDS[1],
-            "--uuid",
-            UUIDS[2],
-        ],
-    );
-    assert!(o.status.success(), "{}", helpers::stderr(&o));
+    let sr = helpers::new_sr(dir.path());
+    helpers::import_tap_chain(dir.path(), &sr, &UUIDS);
     Sr {
         dir,
         sr,
@@ -101,11 +61,7 @@ impl Sr {
     }
 
     fn no_staging_left(&self) {
-        let left: Vec<_> = std::fs::read_dir(&self.sr)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".glance-vhd-staging"))
-            .collect();
+        let left = helpers::staging_dirs(&self.sr);
         assert!(left.is_empty(), "staging left: {left:?}");
     }
 }
@@ -178,37 +134,14 @@ fn local_upload_by_leaf_reads_back_with_gnu_tar_gzip_and_python() {
     }
     s.no_staging_left();
     // And our own download of it reproduces the chain's content.
-    let sr2 = s.dir.path().join(uuid::Uuid::new_v4().to_string());
-    std::fs::create_dir(&sr2).unwrap();
+    let sr2 = helpers::new_sr(s.dir.path());
     let lock = s.dir.path().join("lock2");
-    let o = helpers::run(
-        s.dir.path(),
-        &[
-            "download",
-            "--endpoint",
-            &url,
-            "--sr-path",
-            sr2.to_str().unwrap(),
-            "--lock-dir",
-            lock.to_str().unwrap(),
-        ],
-    );
+    let o = helpers::download_file(s.dir.path(), &out, &sr2, &lock, &[]);
     assert!(o.status.success(), "{}", helpers::stderr(&o));
     let leaf = helpers::stdout(&o).lines().next().unwrap().to_string();
-    let raw = s.dir.path().join("leaf.raw");
-    let o = helpers::run(
-        s.dir.path(),
-        &[
-            "vhd",
-            "read",
-            sr2.join(format!("{leaf}.vhd")).to_str().unwrap(),
-            raw.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success());
     assert_eq!(
-        helpers::sha256_file(&raw),
-        "9d79e9372eb2b98c93e9be5efe933f685564698b6795704fa342f19883b1c552"
+        helpers::content_sha(s.dir.path(), &sr2.join(format!("{leaf}.vhd"))),
+        helpers::GRANDCHILD_CONTENT
     );
 }
 
