@@ -325,12 +325,7 @@ fn upload_failures_never_leave_an_active_image() {
             id,
         ];
         args.extend_from_slice(&chain);
-        Command::new(helpers::bin())
-            .args(&args)
-            .envs(env.iter().copied())
-            .current_dir(w.dir.path())
-            .output()
-            .unwrap()
+        helpers::run_env(w.dir.path(), &args, env)
     };
     // Unknown id: ImageNotFound (exit 4).
     let o = up("5b5b5b5b-0000-4000-8000-000000000000", &[]);

@@ -328,8 +328,14 @@ pub fn random_vdi(sr: &Path, mib: usize) -> String {
 
 /// Run the binary with `args` in `cwd`.
 pub fn run(cwd: &Path, args: &[&str]) -> Output {
+    run_env(cwd, args, &[])
+}
+
+/// Run the binary with `args` in `cwd`, with `env` added to its environment.
+pub fn run_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(bin())
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(cwd)
         .output()
         .expect("run glance-vhd")

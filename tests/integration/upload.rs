@@ -48,12 +48,7 @@ impl Sr {
             "0.01",
         ];
         args.extend_from_slice(extra);
-        Command::new(helpers::bin())
-            .args(&args)
-            .envs(env.iter().copied())
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap()
+        helpers::run_env(self.dir.path(), &args, env)
     }
 
     fn vdi(&self, i: usize) -> PathBuf {
