@@ -1,5 +1,7 @@
-//! Shared by the integration tests: where the binary, the samples and the Python peers
-//! are, and a scratch directory with the samples unpacked side by side.
+//! Shared by the integration tests: the environment (every variable the tests read),
+//! the samples unpacked side by side, sample tarballs and SRs holding the tap chain,
+//! hashes and independent readers, the helper processes (Glance v1 stand-in, proxies)
+//! and the real test Glance.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
