@@ -52,7 +52,7 @@ test: build
 # concurrency; prints the tables (README "Guarantees"). `make test` runs a short form.
 faults: build
 	GLANCE_VHD_FAULTS=full GLANCE_VHD_BIN=$(abspath $(BIN)) GLANCE_VHD_PYTHON=$(abspath $(PY)) GLANCE_VHD_SAMPLES=$(SAMPLES) \
-		cargo test --locked --test faults -- --test-threads=1
+		cargo test --locked --test integration -- faults:: --test-threads=1
 	@cat target/tmp/faults-*.md
 
 demo: build

@@ -3,13 +3,12 @@
 //! prefixes, extra headers, cut connections, idle timeout and deadline. Every failure
 //! leaves the SR as it was.
 
-mod common;
-
+use crate::helpers;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::Peer as Standin;
+use crate::helpers::Peer as Standin;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -19,24 +18,15 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let samples = common::unpacked_samples();
+    let samples = helpers::unpacked_samples();
     let images = dir.path().join("images");
-    let stage = dir.path().join("stage");
     std::fs::create_dir_all(&images).unwrap();
-    std::fs::create_dir_all(&stage).unwrap();
-    std::fs::copy(samples.path().join("child.vhd"), stage.join("0.vhd")).unwrap();
-    std::fs::copy(samples.path().join("parent.vhd"), stage.join("1.vhd")).unwrap();
-    let st = Command::new("tar")
-        .arg("-zcf")
-        .arg(images.join("img-1"))
-        .arg("--directory")
-        .arg(&stage)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let sr = dir.path().join(uuid::Uuid::new_v4().to_string());
-    std::fs::create_dir(&sr).unwrap();
+    helpers::gnu_tar(
+        samples.path(),
+        &[("0.vhd", "child.vhd"), ("1.vhd", "parent.vhd")],
+        &images.join("img-1"),
+    );
+    let sr = helpers::new_sr(dir.path());
     std::fs::write(sr.join("existing.vhd"), b"keep").unwrap();
     Fixture { dir, images, sr }
 }
@@ -61,16 +51,11 @@ impl Fixture {
             "0.01",
         ];
         args.extend_from_slice(extra);
-        common::run(self.dir.path(), &args)
+        helpers::run(self.dir.path(), &args)
     }
 
     fn listing(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.sr)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
+        helpers::listing(&self.sr)
     }
 
     fn assert_untouched(&self, what: &str) {
@@ -90,7 +75,7 @@ fn v1_download_with_prefix_trailing_slash_and_token() {
         "img-1",
         &["--header", "X-Auth-Token: s3cret", "--json"],
     );
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(o.status.success(), "{}", helpers::stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["chain"].as_array().unwrap().len(), 2);
     let md5 = Command::new("md5sum")
@@ -99,14 +84,19 @@ fn v1_download_with_prefix_trailing_slash_and_token() {
         .unwrap();
     assert_eq!(
         v["stream"]["md5"].as_str().unwrap(),
-        &common::stdout(&md5)[..32]
+        &helpers::stdout(&md5)[..32]
     );
     assert_eq!(f.listing().len(), 3);
 }
 
 fn assert_fails(f: &Fixture, o: &Output, code: i32, needle: &str, what: &str) {
-    assert_eq!(o.status.code(), Some(code), "{what}: {}", common::stderr(o));
-    let err = common::stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{what}: {}",
+        helpers::stderr(o)
+    );
+    let err = helpers::stderr(o);
     assert!(err.contains(needle), "{what}: {needle:?} not in {err}");
     f.assert_untouched(what);
 }
@@ -161,10 +151,10 @@ fn cut_connections_stalls_and_slow_drips_leave_nothing() {
         "idle timeout did not fire"
     );
     assert!(
-        common::stderr(&o).to_lowercase().contains("timeout")
-            || common::stderr(&o).contains("timed out"),
+        helpers::stderr(&o).to_lowercase().contains("timeout")
+            || helpers::stderr(&o).contains("timed out"),
         "{}",
-        common::stderr(&o)
+        helpers::stderr(&o)
     );
     f.assert_untouched("stall");
     // A slow drip (1 KiB / 0.2 s) never trips the idle timeout; the deadline must.

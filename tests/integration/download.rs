@@ -2,29 +2,13 @@
 //! as the old plugin made them, and hostile ones made with Python's tarfile. Every
 //! failure must leave the SR exactly as it was, with no staging directory.
 
-mod common;
-
-use common::{run, stderr, stdout, unpacked_samples};
-use std::collections::BTreeMap;
+use crate::helpers;
+use crate::helpers::{
+    run, snapshot, stderr, stdout, unpacked_samples, CHILD_CONTENT as CHILD,
+    GRANDCHILD_CONTENT as GRANDCHILD, PARENT_CONTENT as PARENT,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-/// The SR's files and their bytes, to compare before and after.
-fn snapshot(sr: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(sr)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let name = e.file_name().to_string_lossy().into_owned();
-            let data = if e.file_type().unwrap().is_file() {
-                std::fs::read(e.path()).unwrap()
-            } else {
-                b"<dir>".to_vec()
-            };
-            (name, data)
-        })
-        .collect()
-}
 
 struct Sr {
     _dir: tempfile::TempDir,
@@ -36,8 +20,7 @@ struct Sr {
 impl Sr {
     fn new() -> Sr {
         let dir = tempfile::tempdir().unwrap();
-        let sr = dir.path().join(uuid::Uuid::new_v4().to_string());
-        std::fs::create_dir(&sr).unwrap();
+        let sr = helpers::new_sr(dir.path());
         // An existing VDI that must never be touched.
         std::fs::write(sr.join("existing.vhd"), b"not touched").unwrap();
         let lock = dir.path().join("lock");
@@ -55,23 +38,11 @@ impl Sr {
 
     /// A tarball made the old plugin's way: `tar -zc --directory=STAGING .`.
     fn gnu_tar(&self, files: &[(&str, &str)]) -> PathBuf {
-        let stage = tempfile::tempdir().unwrap();
-        for (name, sample) in files {
-            std::fs::copy(self.sample(sample), stage.path().join(name)).unwrap();
-        }
         let out = self
             ._dir
             .path()
             .join(format!("img-{}.tgz", files.len() * 1000 + rand()));
-        let st = Command::new("tar")
-            .arg("-zcf")
-            .arg(&out)
-            .arg("--directory")
-            .arg(stage.path())
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        helpers::gnu_tar(self.samples.path(), files, &out);
         out
     }
 
@@ -79,7 +50,7 @@ impl Sr {
     fn py_tar(&self, spec: serde_json::Value) -> PathBuf {
         let out = self._dir.path().join(format!("py-{}.tgz", rand()));
         let st = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/make_tar.py"))
+            .arg(helpers::repo().join("tests/peers/make_tar.py"))
             .arg(&out)
             .arg(spec.to_string())
             .status()
@@ -89,18 +60,7 @@ impl Sr {
     }
 
     fn download(&self, tgz: &Path, extra: &[&str]) -> std::process::Output {
-        let url = format!("file://{}", tgz.display());
-        let mut args = vec![
-            "download",
-            "--endpoint",
-            &url,
-            "--sr-path",
-            self.sr.to_str().unwrap(),
-            "--lock-dir",
-            self.lock.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        run(self._dir.path(), &args)
+        helpers::download_file(self._dir.path(), tgz, &self.sr, &self.lock, extra)
     }
 
     fn vhds(&self) -> Vec<String> {
@@ -119,28 +79,9 @@ fn rand() -> usize {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-fn sha256(p: &Path) -> String {
-    common::sha256_file(p)
-}
-
 fn content_of(sr: &Sr, uuid: &str) -> String {
-    let out = sr._dir.path().join(format!("{uuid}.raw"));
-    let o = run(
-        sr._dir.path(),
-        &[
-            "vhd",
-            "read",
-            sr.sr.join(format!("{uuid}.vhd")).to_str().unwrap(),
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    sha256(&out)
+    helpers::content_sha(sr._dir.path(), &sr.sr.join(format!("{uuid}.vhd")))
 }
-
-const GRANDCHILD: &str = "9d79e9372eb2b98c93e9be5efe933f685564698b6795704fa342f19883b1c552";
-const PARENT: &str = "8ff122f704ccf7b0a4a0c101cbbfd838820d48e4504770dee4ea9223d567f648";
-const CHILD: &str = "097a52dea8e7f8ba290699d56f5fb56e4ca45c644456649e528b2bf01e3a5426";
 
 #[test]
 fn new_style_chain_with_given_uuids() {
@@ -227,7 +168,7 @@ fn old_style_image_and_snap_and_a_single_free_name_and_swap() {
 fn stdin_works_as_a_store() {
     let sr = Sr::new();
     let tgz = sr.gnu_tar(&[("0.vhd", "parent.vhd")]);
-    let out = Command::new(common::bin())
+    let out = Command::new(helpers::bin())
         .args(["download", "--endpoint", "-", "--sr-path"])
         .arg(&sr.sr)
         .arg("--lock-dir")
@@ -402,19 +343,7 @@ fn an_image_larger_than_the_free_space_is_refused_before_writing() {
     let sr = Sr::new();
     let small = sr._dir.path().join("5a11e550-0000-4000-8000-000000000001");
     std::fs::create_dir(&small).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .expect("mount");
-    assert!(st.success(), "mounting a tmpfs needs root");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(small.clone());
+    let _guard = helpers::Tmpfs::mount(&small, "4m");
     std::fs::write(small.join("existing.vhd"), b"keep").unwrap();
     let tgz = sr.gnu_tar(&[("0.vhd", "child.vhd"), ("1.vhd", "parent.vhd")]);
     let url = format!("file://{}", tgz.display());

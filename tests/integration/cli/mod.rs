@@ -4,21 +4,22 @@
 //! per-SR lock, the rate limit, and retries across endpoints against the real Glance
 //! through a proxy that resets connections.
 
-mod common;
-
+use crate::helpers;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{stderr, stdout, Peer};
+use crate::helpers::{stderr, stdout, Peer};
+
+mod retries;
 
 /// Every command and subcommand that `glance-vhd help` lists.
 fn commands() -> Vec<Vec<String>> {
     fn listed(path: &[String]) -> Vec<String> {
         let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
         args.push("--help");
-        let o = common::run(Path::new("."), &args);
+        let o = helpers::run(Path::new("."), &args);
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
         let text = stdout(&o);
         let Some(section) = text.split("Commands:\n").nth(1) else {
@@ -56,7 +57,7 @@ fn every_command_has_help_with_an_example() {
     for path in &all {
         let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
         args.push("--help");
-        let o = common::run(Path::new("."), &args);
+        let o = helpers::run(Path::new("."), &args);
         assert!(o.status.success(), "{args:?}");
         let text = stdout(&o);
         assert!(text.contains("Example"), "{args:?} has no example:\n{text}");
@@ -67,12 +68,12 @@ fn every_command_has_help_with_an_example() {
     for path in [&[][..], &["download"], &["upload"]] {
         let mut args = path.to_vec();
         args.push("--help");
-        let text = stdout(&common::run(Path::new("."), &args));
+        let text = stdout(&helpers::run(Path::new("."), &args));
         for code in ["2  usage error", "5  retryable failure", "6  locked"] {
             assert!(text.contains(code), "{args:?} lacks {code:?}");
         }
     }
-    let top = stdout(&common::run(Path::new("."), &["--help"]));
+    let top = stdout(&helpers::run(Path::new("."), &["--help"]));
     for env in ["OS_IMAGE_URL", "OS_AUTH_TOKEN", "OS_CACERT"] {
         assert!(top.contains(env), "{env}");
     }
@@ -207,7 +208,7 @@ fn bad_flag_values_are_usage_errors() {
         &["vhd", "create", "/tmp/x.vhd", "20Q"],
     ];
     for args in cases {
-        let o = Command::new(common::bin())
+        let o = Command::new(helpers::bin())
             .args(*args)
             .env_remove("OS_IMAGE_URL")
             .stdin(Stdio::null())
@@ -221,7 +222,7 @@ fn bad_flag_values_are_usage_errors() {
         );
     }
     // No endpoint at all: clap names the flag and the environment variable.
-    let o = Command::new(common::bin())
+    let o = Command::new(helpers::bin())
         .args(["download", "--image-id", "x", "--sr-path", sr])
         .env_remove("OS_IMAGE_URL")
         .output()
@@ -229,7 +230,7 @@ fn bad_flag_values_are_usage_errors() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--endpoint"), "{}", stderr(&o));
     // With --json, a usage error found after parsing is one JSON object too.
-    let o = common::run(
+    let o = helpers::run(
         dir.path(),
         &[
             "download",
@@ -258,11 +259,9 @@ struct Scratch {
 impl Scratch {
     fn new(mib: usize) -> Scratch {
         let dir = tempfile::tempdir().unwrap();
-        let sr = dir.path().join(uuid::Uuid::new_v4().to_string());
-        let sr2 = dir.path().join(uuid::Uuid::new_v4().to_string());
-        std::fs::create_dir(&sr).unwrap();
-        std::fs::create_dir(&sr2).unwrap();
-        let vdi = common::random_vdi(&sr, mib);
+        let sr = helpers::new_sr(dir.path());
+        let sr2 = helpers::new_sr(dir.path());
+        let vdi = helpers::random_vdi(&sr, mib);
         Scratch { dir, sr, sr2, vdi }
     }
 
@@ -292,13 +291,13 @@ impl Scratch {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        common::run(self.dir.path(), args)
+        helpers::run(self.dir.path(), args)
     }
 
     /// `args` under a pseudo-terminal (`script`): what a terminal would show, stdout
     /// and stderr together.
     fn run_on_terminal(&self, args: &[&str], env: &[(&str, &str)]) -> String {
-        let mut line = shell_quote(&common::bin().to_string_lossy());
+        let mut line = shell_quote(&helpers::bin().to_string_lossy());
         for a in args {
             line.push(' ');
             line.push_str(&shell_quote(a));
@@ -403,7 +402,7 @@ fn plugin_stdout_stays_pure_xml_with_a_terminal() {
     let out = s.path("response.xml");
     let line = format!(
         "{} xapi-plugin --name glance {} > {}",
-        shell_quote(&common::bin().to_string_lossy()),
+        shell_quote(&helpers::bin().to_string_lossy()),
         shell_quote(&call),
         shell_quote(&out.to_string_lossy())
     );
@@ -466,7 +465,7 @@ fn long_transfers_log_progress_to_syslog() {
     let s = Scratch::new(6);
     let url = s.image("img.tgz");
     let log = Syslog::bind(s.dir.path());
-    let o = Command::new(common::bin())
+    let o = Command::new(helpers::bin())
         .args(["download", "--endpoint", &url, "--sr-path"])
         .arg(&s.sr2)
         .args(["--lock-dir", &s.lock_dir(), "--rate-limit", "3M"])
@@ -549,7 +548,7 @@ fn overlapping_runs_wait_or_exit_locked() {
     let lock_s = lock.to_str().unwrap().to_string();
     let upload = |name: &str, extra: &[&str]| {
         let out = format!("file://{}", s.path(name).display());
-        let mut c = Command::new(common::bin());
+        let mut c = Command::new(helpers::bin());
         c.args(["upload", "--endpoint", &out, "--sr-path"])
             .arg(&s.sr)
             .args([
@@ -633,7 +632,7 @@ fn environment_defaults() {
     let s = Scratch::new(1);
     let url = s.image("img.tgz");
     // OS_IMAGE_URL stands for --endpoint.
-    let o = Command::new(common::bin())
+    let o = Command::new(helpers::bin())
         .args(["download", "--sr-path"])
         .arg(&s.sr2)
         .args(["--lock-dir", &s.lock_dir()])
@@ -651,7 +650,7 @@ fn environment_defaults() {
     let download = |token: &str| {
         let sr = s.path(&uuid::Uuid::new_v4().to_string());
         std::fs::create_dir(&sr).unwrap();
-        Command::new(common::bin())
+        Command::new(helpers::bin())
             .args([
                 "download",
                 "--api-version",
@@ -673,7 +672,7 @@ fn environment_defaults() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("HTTP 401"), "{}", stderr(&o));
     // OS_CACERT stands for --cacert: a missing file is named.
-    let o = Command::new(common::bin())
+    let o = Command::new(helpers::bin())
         .args(["download", "--image-id", id, "--sr-path"])
         .arg(&s.sr2)
         .env("OS_IMAGE_URL", "https://127.0.0.1:9")
@@ -682,163 +681,4 @@ fn environment_defaults() {
         .unwrap();
     assert!(!o.status.success());
     assert!(stderr(&o).contains("/nonexistent/ca.pem"), "{}", stderr(&o));
-}
-
-// ---- Retries against the real Glance ------------------------------------------------
-
-fn connections(count_file: &Path) -> usize {
-    std::fs::read_to_string(count_file)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-}
-
-#[test]
-fn download_retries_move_to_the_next_endpoint() {
-    let _turn = common::glance_turn();
-    let s = Scratch::new(2);
-    let url = s.image("img.tgz");
-    let id = common::glance_image(Some(Path::new(url.trim_start_matches("file://"))));
-    let (count_a, count_b) = (s.path("a.count"), s.path("b.count"));
-    // A resets its first 2 connections, B its first 1: A, B, A fail; B's second works.
-    let a = Peer::flaky_proxy(common::glance_port(), 2, &count_a);
-    let b = Peer::flaky_proxy(common::glance_port(), 1, &count_b);
-    let o = s.run(&[
-        "download",
-        "--endpoint",
-        &a.url(),
-        "--endpoint",
-        &b.url(),
-        "--image-id",
-        &id,
-        "--sr-path",
-        s.sr2.to_str().unwrap(),
-        "--lock-dir",
-        &s.lock_dir(),
-        "--retries",
-        "3",
-        "--retry-delay",
-        "0.1",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["summary"]["attempts"], 4, "{v}");
-    assert_eq!(v["summary"]["endpoint"], b.url().as_str());
-    assert_eq!(v["summary"]["image_id"], id.as_str());
-    let err = stderr(&o);
-    let retried: Vec<&str> = err.lines().filter(|l| l.contains("retrying in")).collect();
-    assert_eq!(retried.len(), 3, "{err}");
-    assert!(retried[0].contains(&format!("via {}", b.url())), "{err}");
-    assert!(retried[1].contains(&format!("via {}", a.url())), "{err}");
-    assert_eq!(connections(&count_a), 2);
-    assert!(connections(&count_b) >= 2);
-    // The chain arrived whole.
-    let leaf = v["root"]["uuid"].as_str().unwrap();
-    let o = s.run(&[
-        "vhd",
-        "check",
-        "--parents",
-        s.sr2.join(format!("{leaf}.vhd")).to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stdout(&o));
-
-    // Too few retries: exit 5 (retryable, retries used up), nothing in the SR.
-    let a = Peer::flaky_proxy(common::glance_port(), 10, &s.path("c.count"));
-    let sr3 = s.path(&uuid::Uuid::new_v4().to_string());
-    std::fs::create_dir(&sr3).unwrap();
-    let o = s.run(&[
-        "download",
-        "--endpoint",
-        &a.url(),
-        "--image-id",
-        &id,
-        "--sr-path",
-        sr3.to_str().unwrap(),
-        "--lock-dir",
-        &s.lock_dir(),
-        "--retries",
-        "2",
-        "--retry-delay",
-        "0.05",
-    ]);
-    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
-    assert_eq!(connections(&s.path("c.count")), 3);
-    assert_eq!(std::fs::read_dir(&sr3).unwrap().count(), 0);
-}
-
-#[test]
-fn not_found_is_not_retried() {
-    let _turn = common::glance_turn();
-    let s = Scratch::new(1);
-    let count = s.path("count");
-    let proxy = Peer::flaky_proxy(common::glance_port(), 0, &count);
-    let t = Instant::now();
-    let o = s.run(&[
-        "download",
-        "--endpoint",
-        &proxy.url(),
-        "--endpoint",
-        &proxy.url(),
-        "--image-id",
-        "00000000-0000-4000-8000-000000000404",
-        "--sr-path",
-        s.sr2.to_str().unwrap(),
-        "--lock-dir",
-        &s.lock_dir(),
-        "--retries",
-        "3",
-        "--retry-delay",
-        "1",
-    ]);
-    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
-    assert!(stderr(&o).contains("HTTP 404"), "{}", stderr(&o));
-    assert!(!stderr(&o).contains("retrying"), "{}", stderr(&o));
-    assert_eq!(connections(&count), 1);
-    assert!(t.elapsed() < Duration::from_secs(1), "it waited to retry");
-}
-
-/// An upload cut halfway (the proxy resets the first connection after 1 MiB of the
-/// request) is retried: the image is checked to be still queued, the whole tarball goes
-/// again, and the image becomes active with our checksum — one image, not two.
-#[test]
-fn upload_retry_rechecks_queued_and_completes() {
-    let _turn = common::glance_turn();
-    let s = Scratch::new(6);
-    let count = s.path("count");
-    let cut = Peer::spawn_cut_first(common::glance_port(), 1 << 20, &count);
-    let name = format!("retry-{}", uuid::Uuid::new_v4());
-    let o = s.run(&[
-        "upload",
-        "--endpoint",
-        &cut.url(),
-        "--sr-path",
-        s.sr.to_str().unwrap(),
-        "--leaf",
-        &s.vdi,
-        "--create",
-        "--name",
-        &name,
-        "--retries",
-        "2",
-        "--retry-delay",
-        "0.1",
-        "--json",
-        "-v",
-        "--no-lock",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let id = v["image_id"].as_str().unwrap();
-    assert_eq!(v["summary"]["attempts"], 2, "{v}");
-    let err = stderr(&o);
-    assert!(
-        err.contains(&format!("checking that image {id} is still queued")),
-        "{err}"
-    );
-    assert_eq!(err.matches("created image").count(), 1, "{err}");
-    let o = common::glance_client(&["show", id]);
-    let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(rec["status"], "active");
-    assert_eq!(rec["checksum"], v["summary"]["md5"]);
-    assert_eq!(rec["size"], v["summary"]["bytes"]);
 }

@@ -1,9 +1,7 @@
 //! The blktap-made samples are the byte-exact reference: every output of ours that
 //! blktap also makes must equal blktap's, byte for byte.
 
-mod common;
-
-use common::{content_sums, run, sha256_file, stderr, stdout, unpacked_samples};
+use crate::helpers::{content_sums, run, sha256_file, stderr, stdout, unpacked_samples};
 use std::path::Path;
 
 fn copy(dir: &Path, from: &str, to: &str) {

@@ -4,46 +4,47 @@
 //! the helpers take an endpoint and an API version so a real Glance plugs in the same
 //! way. Kernel calls run against a xapi stand-in (tests/plugin/xapi_standin.py).
 
-mod common;
-
+use crate::helpers;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
 
-const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
-
-fn helper(name: &str) -> PathBuf {
-    Path::new(MANIFEST).join("tests/plugin").join(name)
+pub(crate) fn helper(name: &str) -> PathBuf {
+    helpers::repo().join("tests/plugin").join(name)
 }
 
 /// A copy of a shim as `make install` writes it, pointing at the binary under test,
 /// installed under `name` (glance, glance.py, kernel, kernel.py).
 fn install_shim(dir: &Path, name: &str) -> PathBuf {
+    install_shim_running(dir, name, helpers::bin().to_str().expect("utf-8 path"))
+}
+
+/// The same, with the shim's one `exec` running `command` in place of the installed
+/// binary's path (the binary under strace, say).
+pub(crate) fn install_shim_running(dir: &Path, name: &str, command: &str) -> PathBuf {
     assert!(
         Path::new("/usr/bin/dash").exists() || Path::new("/bin/dash").exists(),
         "dash is needed to run the shims as xapi's /bin/sh would (apt-get install dash)"
     );
     let base = name.strip_suffix(".py").unwrap_or(name);
-    let text = std::fs::read_to_string(Path::new(MANIFEST).join("plugin-wrapper").join(base))
-        .expect("shim");
+    let text =
+        std::fs::read_to_string(helpers::repo().join("plugin-wrapper").join(base)).expect("shim");
     assert_eq!(
         text.lines().filter(|l| l.starts_with("exec ")).count(),
         1,
         "one exec line"
     );
-    let text = text.replace(
-        "/usr/local/bin/glance-vhd",
-        common::bin().to_str().expect("utf-8 path"),
-    );
+    let text = text.replace("/usr/local/bin/glance-vhd", command);
+    assert!(text.contains(command), "the shim names the binary: {text}");
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
 }
 
 /// Run one call through caller.py; returns its JSON (status, value or error, exit).
-fn call(req: Value) -> Value {
+pub(crate) fn call(req: Value) -> Value {
     let mut child = Command::new("python3")
         .arg(helper("caller.py"))
         .stdin(Stdio::piped())
@@ -69,7 +70,7 @@ fn call(req: Value) -> Value {
     v
 }
 
-fn success(v: &Value) -> &Value {
+pub(crate) fn success(v: &Value) -> &Value {
     assert_eq!(v["status"], "Success", "{v}");
     &v["value"]
 }
@@ -102,50 +103,14 @@ impl Sr {
     /// own CLI from a GNU tar tarball.
     fn with_chain() -> Sr {
         let dir = tempfile::tempdir().unwrap();
-        let samples = common::unpacked_samples();
-        let stage = dir.path().join("stage");
-        std::fs::create_dir(&stage).unwrap();
-        for (i, f) in ["grandchild.vhd", "child.vhd", "parent.vhd"]
-            .iter()
-            .enumerate()
-        {
-            std::fs::copy(samples.path().join(f), stage.join(format!("{i}.vhd"))).unwrap();
-        }
-        let tgz = dir.path().join("in.tgz");
-        assert!(Command::new("tar")
-            .arg("-zcf")
-            .arg(&tgz)
-            .arg("-C")
-            .arg(&stage)
-            .arg(".")
-            .status()
-            .unwrap()
-            .success());
         let sr = Sr::fresh(&dir);
-        let url = format!("file://{}", tgz.display());
-        let lock = dir.path().join("lock");
-        let mut args = vec![
-            "download",
-            "--endpoint",
-            &url,
-            "--sr-path",
-            sr.to_str().unwrap(),
-            "--lock-dir",
-            lock.to_str().unwrap(),
-        ];
-        for u in UUIDS {
-            args.extend(["--uuid", u]);
-        }
-        let o = common::run(dir.path(), &args);
-        assert!(o.status.success(), "{}", common::stderr(&o));
+        helpers::import_tap_chain(dir.path(), &sr, &UUIDS);
         Sr { dir, sr }
     }
 
     /// An empty SR directory named like one (its name is the SR UUID for the lock).
     fn fresh(dir: &tempfile::TempDir) -> PathBuf {
-        let sr = dir.path().join(uuid::Uuid::new_v4().to_string());
-        std::fs::create_dir(&sr).unwrap();
-        sr
+        helpers::new_sr(dir.path())
     }
 
     fn env(&self) -> Value {
@@ -153,21 +118,13 @@ impl Sr {
     }
 
     /// The virtual disk a VHD chain reads as, hashed (through the parents).
-    fn disk_sha(leaf: &Path) -> String {
-        let o = Command::new(common::bin())
-            .args(["vhd", "read"])
-            .arg(leaf)
-            .arg("-")
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", common::stderr(&o));
-        use sha2::{Digest, Sha256};
-        format!("{:x}", Sha256::digest(&o.stdout))
+    fn disk_sha(&self, leaf: &Path) -> String {
+        helpers::content_sha(self.dir.path(), leaf)
     }
 }
 
 /// The Glance v1 stand-in (tests/peers/glance_v1_standin.py).
-use common::Peer as Standin;
+use crate::helpers::Peer as Standin;
 
 /// `upload_vhd2` of the SR's chain as `image_id`, then `download_vhd2` of it into a fresh
 /// SR: the downloaded chain reads as the same disk. `endpoint`/`api_version` pick the
@@ -221,8 +178,8 @@ fn upload2_then_download2(endpoint: &str, api_version: i64, image_id: &str, toke
         assert!(fresh.join(format!("{u}.vhd")).exists(), "{u}");
     }
     assert_eq!(
-        Sr::disk_sha(&fresh.join(format!("{}.vhd", stack[2]))),
-        Sr::disk_sha(&s.sr.join(format!("{}.vhd", UUIDS[0])))
+        s.disk_sha(&fresh.join(format!("{}.vhd", stack[2]))),
+        s.disk_sha(&s.sr.join(format!("{}.vhd", UUIDS[0])))
     );
 }
 
@@ -297,8 +254,8 @@ fn diablo_upload_vhd_and_download_vhd() {
         ))
     );
     assert_eq!(
-        Sr::disk_sha(&fresh.join(format!("{}.vhd", stack[2]))),
-        Sr::disk_sha(&s.sr.join(format!("{}.vhd", UUIDS[0])))
+        s.disk_sha(&fresh.join(format!("{}.vhd", stack[2]))),
+        s.disk_sha(&s.sr.join(format!("{}.vhd", UUIDS[0])))
     );
     // Folsom's download_vhd (host/port kwargs, /v1/images) of the same image.
     let fresh = Sr::fresh(&s.dir);
@@ -509,16 +466,22 @@ fn a_pickle_that_runs_code_in_python_is_refused() {
 
 // ---- kernel calls against the xapi stand-in ----
 
-struct Xapi {
+pub(crate) struct Xapi {
     child: Child,
     dir: tempfile::TempDir,
 }
 
-const VDI_UUID: &str = "eeeeeeee-0000-4000-8000-00000000000e";
+pub(crate) const VDI_UUID: &str = "eeeeeeee-0000-4000-8000-00000000000e";
 
 impl Xapi {
-    /// A stand-in with one VDI `OpaqueRef:vdi-k` backed by `device` (a plain file).
+    /// A stand-in with one VDI `OpaqueRef:vdi-k` backed by `device` (a plain file),
+    /// which refuses the first VBD unplug (as a busy dom0 does).
     fn start(device: &Path) -> Xapi {
+        Xapi::start_with(device, true)
+    }
+
+    /// The same; `reject_unplug_once` false: every unplug succeeds.
+    pub(crate) fn start_with(device: &Path, reject_unplug_once: bool) -> Xapi {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("dev")).unwrap();
         std::fs::create_dir(dir.path().join("boot")).unwrap();
@@ -529,7 +492,7 @@ impl Xapi {
             .arg(dir.path().join("dev"))
             .arg("--vdi")
             .arg(format!("OpaqueRef:vdi-k={VDI_UUID}={}", device.display()))
-            .arg("--reject-unplug-once")
+            .args(reject_unplug_once.then_some("--reject-unplug-once"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -542,7 +505,7 @@ impl Xapi {
         Xapi { child, dir }
     }
 
-    fn env(&self) -> Value {
+    pub(crate) fn env(&self) -> Value {
         let p = |n: &str| self.dir.path().join(n).to_str().unwrap().to_string();
         json!({
             "GLANCE_VHD_XAPI_SOCKET": p("xapi.sock"),
@@ -551,7 +514,7 @@ impl Xapi {
         })
     }
 
-    fn boot(&self) -> PathBuf {
+    pub(crate) fn boot(&self) -> PathBuf {
         self.dir.path().join("boot")
     }
 
@@ -772,13 +735,14 @@ fn copy_vdi_streams() {
 /// os-xenapi drive it: `upload_vhd2` into a queued image, `download_vhd2` back.
 #[test]
 fn upload_vhd2_then_download_vhd2_against_the_real_glance_v2() {
-    let url = common::glance_url();
-    let o = common::glance_client(&["create", "plugin-v2"]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let id = common::stdout(&o).trim().to_string();
+    // One binary now: take turns with the other tests that use the test Glance.
+    let _turn = helpers::glance_turn();
+    let url = helpers::glance_url();
+    let o = helpers::glance_client(&["create", "plugin-v2"]);
+    assert!(o.status.success(), "{}", helpers::stderr(&o));
+    let id = helpers::stdout(&o).trim().to_string();
     upload2_then_download2(url, 2, &id, "test-token");
-    let o = common::glance_client(&["show", &id]);
-    let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rec = helpers::glance_record(&id);
     assert_eq!(rec["status"], "active");
     assert_eq!(rec["disk_format"], "vhd");
     assert_eq!(rec["os_type"], "linux");

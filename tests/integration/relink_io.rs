@@ -2,8 +2,7 @@
 //! sectors are written. Shown with strace on a child of a 1 GiB disk whose every block
 //! is allocated.
 
-mod common;
-
+use crate::helpers;
 use std::process::Command;
 
 #[test]
@@ -20,12 +19,12 @@ fn relink_of_a_child_of_a_1gib_disk_writes_only_header_and_locators() {
     }
     drop(f);
     for (name, src) in [("big.vhd", &raw), ("other.vhd", &raw)] {
-        common::qemu_vhd(src, &p.join(name));
+        helpers::qemu_vhd(src, &p.join(name));
     }
     let big = std::fs::metadata(p.join("big.vhd")).unwrap().len();
     assert!(big >= 1 << 30, "parent is {big} bytes");
-    let o = common::run(p, &["vhd", "snapshot", "big.vhd", "child.vhd"]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    let o = helpers::run(p, &["vhd", "snapshot", "big.vhd", "child.vhd"]);
+    assert!(o.status.success(), "{}", helpers::stderr(&o));
     let before = std::fs::read(p.join("child.vhd")).unwrap();
 
     let log = p.join("strace.log");
@@ -37,7 +36,7 @@ fn relink_of_a_child_of_a_1gib_disk_writes_only_header_and_locators() {
             "-o",
         ])
         .arg(&log)
-        .arg(common::bin())
+        .arg(helpers::bin())
         .args(["vhd", "set-parent", "child.vhd", "other.vhd"])
         .current_dir(p)
         .status()
@@ -80,7 +79,7 @@ fn relink_of_a_child_of_a_1gib_disk_writes_only_header_and_locators() {
     writes.sort();
     // The header at 512, and the MacX, W2ku, W2ru areas right after the batmap (where
     // exactly depends on qemu's CHS-rounded size: read it from the child itself).
-    let o = common::run(p, &["vhd", "info", "--json", "child.vhd"]);
+    let o = helpers::run(p, &["vhd", "info", "--json", "child.vhd"]);
     let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let mut want = vec![(512, 1024)];
     for l in info["parent"]["locators"].as_array().unwrap() {
@@ -97,8 +96,8 @@ fn relink_of_a_child_of_a_1gib_disk_writes_only_header_and_locators() {
     assert_eq!(before.len(), after.len());
     assert_eq!(before[..512], after[..512]);
     assert_eq!(before[before.len() - 512..], after[after.len() - 512..]);
-    let o = common::run(p, &["vhd", "check", "child.vhd"]);
-    assert_eq!(common::stdout(&o), "child.vhd is valid\n");
-    let o = common::run(p, &["vhd", "query", "-n", "child.vhd", "-p", "-u"]);
-    assert_eq!(common::stdout(&o), "./other.vhd\n");
+    let o = helpers::run(p, &["vhd", "check", "child.vhd"]);
+    assert_eq!(helpers::stdout(&o), "child.vhd is valid\n");
+    let o = helpers::run(p, &["vhd", "query", "-n", "child.vhd", "-p", "-u"]);
+    assert_eq!(helpers::stdout(&o), "./other.vhd\n");
 }

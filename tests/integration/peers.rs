@@ -3,40 +3,24 @@
 //! make; qemu-img reads what `vhd create` makes; the dfvfs third-party files behave as
 //! documented. Every run drives the real binary, as a user does.
 
-mod common;
-
-use common::{content_sums, run, samples_dir, stderr, stdout};
+use crate::helpers;
+use crate::helpers::{
+    content_sums, run, sha256, sha256_file, stderr, stdout, unpacked_samples, vhdi,
+};
 use serde_json::Value;
-use std::io::Write;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const MIB: usize = 1 << 20;
 
 fn vhdi_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/vhdi_read.py")
-}
-
-/// libvhdi's view of a chain (leaf first): identifiers, and unless `no_read` the sha256
-/// of the whole media read through the leaf.
-fn vhdi(dir: &Path, chain: &[&str], read: bool) -> Value {
-    let mut c = Command::new(common::python());
-    c.arg(vhdi_script()).current_dir(dir);
-    if !read {
-        c.arg("--no-read");
-    }
-    let o = c.args(chain).output().expect("run python");
-    assert!(
-        o.status.success(),
-        "libvhdi failed on {chain:?}: {}",
-        stderr(&o)
-    );
-    serde_json::from_slice(&o.stdout).expect("vhdi_read.py prints JSON")
+    helpers::repo().join("tests/peers/vhdi_read.py")
 }
 
 /// libvhdi's view when it is expected to fail: its stderr.
 fn vhdi_fails(dir: &Path, chain: &[&str]) -> String {
-    let o = Command::new(common::python())
+    let o = Command::new(helpers::python())
         .arg(vhdi_script())
         .args(chain)
         .current_dir(dir)
@@ -44,69 +28,6 @@ fn vhdi_fails(dir: &Path, chain: &[&str]) -> String {
         .expect("run python");
     assert!(!o.status.success(), "libvhdi accepted {chain:?}");
     stderr(&o)
-}
-
-/// SHA-256 by `sha256sum`: the in-process sha2 is unoptimised in test builds and takes
-/// a third of a second per 8 MiB.
-fn sha256(b: &[u8]) -> String {
-    let mut c = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sha256sum");
-    let mut stdin = c.stdin.take().unwrap();
-    let data = b.to_vec();
-    let w = std::thread::spawn(move || stdin.write_all(&data));
-    let o = c.wait_with_output().unwrap();
-    w.join().unwrap().unwrap();
-    assert!(o.status.success());
-    stdout(&o)[..64].to_string()
-}
-
-fn sha256_file(p: &Path) -> String {
-    let o = Command::new("sha256sum")
-        .arg(p)
-        .output()
-        .expect("sha256sum");
-    assert!(o.status.success(), "sha256sum {}", p.display());
-    stdout(&o)[..64].to_string()
-}
-
-/// The samples unpacked side by side with the README's parent mtimes, as
-/// `common::unpacked_samples` does, but with gunzip(1): the in-process inflate is
-/// unoptimised in test builds and takes seconds.
-fn unpacked_samples() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    for sub in ["tap-chain", "qemu-parent", "dfvfs"] {
-        for e in std::fs::read_dir(samples_dir().join(sub)).expect("samples") {
-            let p = e.expect("entry").path();
-            if p.extension().is_some_and(|x| x == "gz") {
-                let out = std::fs::File::create(dir.path().join(p.file_stem().unwrap())).unwrap();
-                let st = Command::new("gunzip")
-                    .arg("-c")
-                    .arg(&p)
-                    .stdout(out)
-                    .status()
-                    .expect("gunzip");
-                assert!(st.success(), "gunzip {}", p.display());
-            }
-        }
-    }
-    for (f, t) in [
-        ("parent.vhd", "2024-01-01 00:00:30 UTC"),
-        ("child.vhd", "2024-01-01 00:02:30 UTC"),
-        ("parent2.vhd", "2024-01-02 03:04:05 UTC"),
-        ("qemu-parent.vhd", "2024-01-05 00:00:30 UTC"),
-    ] {
-        let st = Command::new("touch")
-            .arg("-d")
-            .arg(t)
-            .arg(dir.path().join(f))
-            .status()
-            .expect("touch");
-        assert!(st.success());
-    }
-    dir
 }
 
 /// Our `vhd read F -`: the sha256 and length of the bytes on stdout.
@@ -149,7 +70,7 @@ fn qemu_base(dir: &Path, name: &str, size: usize, fills: &[(usize, usize, u8)]) 
     }
     let raw_path = dir.join(format!("{name}.raw"));
     std::fs::write(&raw_path, &raw).unwrap();
-    common::qemu_vhd(&raw_path, &dir.join(name));
+    helpers::qemu_vhd(&raw_path, &dir.join(name));
     raw
 }
 

@@ -6,23 +6,16 @@
 //! back. `copy_vdi` runs against the xapi stand-in (tests/plugin/xapi_standin.py), as in
 //! tests/plugin.rs.
 
-mod common;
+use super::plugin::{self, install_shim_running, Xapi, VDI_UUID};
+use crate::helpers;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
 
-const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
-const VDI_UUID: &str = "eeeeeeee-0000-4000-8000-00000000000e";
 /// `open` as well as `openat`: musl's `open()` is the `open` syscall on x86_64.
 const TRACED: &str = "fsync,fdatasync,open,openat,rename,renameat,renameat2";
-
-fn helper(name: &str) -> PathBuf {
-    Path::new(MANIFEST).join("tests/plugin").join(name)
-}
 
 /// `strace`, which `make setup` installs; without it this test fails rather than passes
 /// vacuously.
@@ -38,51 +31,19 @@ fn strace() -> PathBuf {
 /// binary under strace, writing the trace of every process to `trace` (not stdout:
 /// stdout is the response).
 fn install_traced_shim(dir: &Path, trace: &Path) -> PathBuf {
-    let text =
-        std::fs::read_to_string(Path::new(MANIFEST).join("plugin-wrapper/kernel")).expect("shim");
-    assert_eq!(
-        text.lines().filter(|l| l.starts_with("exec ")).count(),
-        1,
-        "one exec line"
-    );
     let traced = format!(
         "{} -f -qq -s 4096 -o {} -e trace={TRACED} {}",
         strace().display(),
         trace.display(),
-        common::bin().display()
+        helpers::bin().display()
     );
-    let text = text.replace("/usr/local/bin/glance-vhd", &traced);
-    assert!(text.contains(&traced), "the shim names the binary: {text}");
-    let p = dir.join("kernel");
-    std::fs::write(&p, text).unwrap();
-    p
+    install_shim_running(dir, "kernel", &traced)
 }
 
-/// Run one call through caller.py; its JSON (status, value or error, exit).
+/// Run one call through caller.py; it must succeed.
 fn call(req: Value) -> Value {
-    let mut child = Command::new("python3")
-        .arg(helper("caller.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.to_string().as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "caller.py failed (the response did not parse?): {}\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        String::from_utf8_lossy(&o.stdout)
-    );
-    let v: Value = serde_json::from_slice(&o.stdout).expect("caller.py JSON");
-    assert_eq!(v["exit"], 0, "the plugin must exit 0: {v}");
-    assert_eq!(v["status"], "Success", "{v}");
+    let v = plugin::call(req);
+    plugin::success(&v);
     v
 }
 
@@ -262,64 +223,13 @@ fn assert_only(boot: &Path, names: &[&str]) {
 
 // ---- the calls ----
 
-/// The xapi stand-in with one VDI `OpaqueRef:vdi-k` backed by `device`.
-struct Xapi {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Xapi {
-    fn start(device: &Path) -> Xapi {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("dev")).unwrap();
-        std::fs::create_dir(dir.path().join("boot")).unwrap();
-        let mut child = Command::new("python3")
-            .arg(helper("xapi_standin.py"))
-            .arg(dir.path().join("xapi.sock"))
-            .arg(dir.path().join("state"))
-            .arg(dir.path().join("dev"))
-            .arg("--vdi")
-            .arg(format!("OpaqueRef:vdi-k={VDI_UUID}={}", device.display()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
-        Xapi { child, dir }
-    }
-
-    fn env(&self) -> Value {
-        let p = |n: &str| self.dir.path().join(n).to_str().unwrap().to_string();
-        json!({
-            "GLANCE_VHD_XAPI_SOCKET": p("xapi.sock"),
-            "GLANCE_VHD_BOOT_GUEST": p("boot"),
-            "GLANCE_VHD_DEV_DIR": p("dev"),
-        })
-    }
-
-    fn boot(&self) -> PathBuf {
-        self.dir.path().join("boot")
-    }
-}
-
-impl Drop for Xapi {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn copy_vdi_fsyncs_the_boot_directory_after_each_rename() {
     let d = tempfile::tempdir().unwrap();
     let dev = d.path().join("vdi.img");
     let data: Vec<u8> = (0..(1 << 20) + 777).map(|i| (i * 7) as u8).collect();
     std::fs::write(&dev, &data).unwrap();
-    let x = Xapi::start(&dev);
+    let x = Xapi::start_with(&dev, false);
     let trace = d.path().join("trace");
     let shim = install_traced_shim(d.path(), &trace);
     let v = call(json!({

@@ -43,7 +43,10 @@ fn module_of(file: &Path) -> Vec<String> {
         .iter()
         .map(|c| c.to_string_lossy().trim_end_matches(".rs").to_string())
         .collect();
-    if parts.last().is_some_and(|l| l == "mod" || l == "lib" || l == "main") {
+    if parts
+        .last()
+        .is_some_and(|l| l == "mod" || l == "lib" || l == "main")
+    {
         parts.pop();
     }
     parts
@@ -75,7 +78,11 @@ fn uses(file: &Path) -> BTreeSet<Vec<String>> {
     let mut out = BTreeSet::new();
     let word = |s: &str| -> Vec<String> {
         s.split("::")
-            .take_while(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()))
+            .take_while(|w| {
+                !w.is_empty()
+                    && w.chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+            })
             .map(str::to_string)
             .collect()
     };
@@ -128,7 +135,9 @@ fn modules_use_only_lower_layers() {
             match layer(other) {
                 None => {} // a std or crate item re-exported at the root, if any
                 Some(l) if l < my_layer => {}
-                Some(l) if l == my_layer && SAME_LAYER_OK.contains(&(top.as_str(), other.as_str())) => {}
+                Some(l)
+                    if l == my_layer && SAME_LAYER_OK.contains(&(top.as_str(), other.as_str())) => {
+                }
                 Some(_) => wrong.push(format!(
                     "{}: {top} uses {} (layer {} may not use {other})",
                     f.display(),
@@ -138,7 +147,11 @@ fn modules_use_only_lower_layers() {
             }
         }
     }
-    assert!(wrong.is_empty(), "imports against the layers:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "imports against the layers:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]
@@ -208,5 +221,9 @@ fn no_source_file_over_800_lines() {
             (n > 800).then(|| format!("{}: {n} lines", f.display()))
         })
         .collect();
-    assert!(long.is_empty(), "files over 800 lines:\n{}", long.join("\n"));
+    assert!(
+        long.is_empty(),
+        "files over 800 lines:\n{}",
+        long.join("\n")
+    );
 }

@@ -12,23 +12,16 @@
 //! offset tests/peers/offsets.py finds (≥ 20 per direction) and prints the table each
 //! test writes to target/tmp/faults-*.md.
 
-mod common;
-
+use crate::helpers;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{stderr, stdout};
+use crate::helpers::{glance_record, stderr, stdout};
 
-fn full() -> bool {
-    std::env::var("GLANCE_VHD_FAULTS").is_ok_and(|v| v == "full")
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+mod local;
 
 /// One table per test: case → outcome, written to target/tmp/faults-<name>.md.
 struct Report {
@@ -81,9 +74,8 @@ struct Site {
 impl Site {
     fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
-        let samples = common::unpacked_samples();
-        let sr = dir.path().join(uuid::Uuid::new_v4().to_string());
-        std::fs::create_dir(&sr).unwrap();
+        let samples = helpers::unpacked_samples();
+        let sr = helpers::new_sr(dir.path());
         let (leaf, base) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
         let leaf = sr.join(format!("{leaf}.vhd"));
         let base = sr.join(format!("{base}.vhd"));
@@ -109,56 +101,24 @@ impl Site {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        common::run(self.dir.path(), args)
+        helpers::run(self.dir.path(), args)
     }
 
     /// `tar -zc` of the tap sample chain as 0.vhd (leaf) … 2.vhd (base), as the old
     /// plugin made images.
     fn tarball(&self, name: &str) -> PathBuf {
-        let stage = self.path(&format!("stage-{name}"));
-        std::fs::create_dir(&stage).unwrap();
-        for (i, f) in ["grandchild.vhd", "child.vhd", "parent.vhd"]
-            .iter()
-            .enumerate()
-        {
-            std::fs::copy(self.samples.path().join(f), stage.join(format!("{i}.vhd"))).unwrap();
-        }
         let out = self.path(name);
-        let st = Command::new("tar")
-            .arg("-zcf")
-            .arg(&out)
-            .arg("-C")
-            .arg(&stage)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        helpers::gnu_tar(self.samples.path(), &helpers::TAP_CHAIN, &out);
         out
     }
 
     /// Every file in the SR with the SHA-256 of its bytes.
     fn snapshot(&self) -> BTreeMap<String, String> {
-        std::fs::read_dir(&self.sr)
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                let name = e.file_name().to_string_lossy().into_owned();
-                let sum = if e.file_type().unwrap().is_file() {
-                    common::sha256_file(&e.path())
-                } else {
-                    "<dir>".into()
-                };
-                (name, sum)
-            })
-            .collect()
+        helpers::snapshot(&self.sr)
     }
 
     fn staging_dirs(&self) -> Vec<String> {
-        std::fs::read_dir(&self.sr)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".glance-vhd-staging-"))
-            .collect()
+        helpers::staging_dirs(&self.sr)
     }
 
     /// Every VHD in the SR opens, and so does its whole chain of parents.
@@ -195,10 +155,10 @@ impl Site {
 }
 
 /// The fault proxy in front of the test Glance.
-fn fault_proxy(direction: &str, fault: &str, at: u64, log: &Path) -> common::Peer {
-    let port = common::glance_port().to_string();
+fn fault_proxy(direction: &str, fault: &str, at: u64, log: &Path) -> helpers::Peer {
+    let port = helpers::glance_port().to_string();
     let at = at.to_string();
-    common::Peer::spawn_script(
+    helpers::Peer::spawn_script(
         "tests/peers/fault_proxy.py",
         &[
             &port,
@@ -217,13 +177,13 @@ fn fault_proxy(direction: &str, fault: &str, at: u64, log: &Path) -> common::Pee
 /// [label, compressed offset] pairs inside the structures of `tgz`.
 fn offsets(tgz: &Path) -> Vec<(String, u64)> {
     let o = Command::new("python3")
-        .arg(repo().join("tests/peers/offsets.py"))
+        .arg(helpers::repo().join("tests/peers/offsets.py"))
         .arg(tgz)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Vec<(String, u64)> = serde_json::from_slice(&o.stdout).unwrap();
-    if full() {
+    if helpers::faults_full() {
         assert!(v.len() >= 20, "{v:?}");
         v
     } else {
@@ -239,12 +199,6 @@ fn offsets(tgz: &Path) -> Vec<(String, u64)> {
     }
 }
 
-fn glance_record(id: &str) -> serde_json::Value {
-    let o = common::glance_client(&["show", id]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 fn exit_of(o: &Output) -> Option<i32> {
     o.status.code()
 }
@@ -254,15 +208,15 @@ fn exit_of(o: &Output) -> Option<i32> {
 /// untouched, nothing is left; with one retry the same fault is survived.
 #[test]
 fn download_faults_leave_the_sr_untouched() {
-    let _turn = common::glance_turn();
+    let _turn = helpers::glance_turn();
     let mut report = Report::new("download");
     let site = Site::new();
     let tgz = site.tarball("img.tgz");
-    let id = common::glance_image(Some(&tgz));
+    let id = helpers::glance_image(Some(&tgz));
     let before = site.snapshot();
     let log = site.path("proxy.log");
     let lock = site.lock_dir();
-    let download = |proxy: &common::Peer, extra: &[&str]| {
+    let download = |proxy: &helpers::Peer, extra: &[&str]| {
         let url = proxy.url();
         let mut a = vec![
             "download",
@@ -279,7 +233,11 @@ fn download_faults_leave_the_sr_untouched() {
         a.extend_from_slice(extra);
         site.run(&a)
     };
-    let faults: &[&str] = if full() { &["cut", "reset"] } else { &["cut"] };
+    let faults: &[&str] = if helpers::faults_full() {
+        &["cut", "reset"]
+    } else {
+        &["cut"]
+    };
     for (label, at) in offsets(&tgz) {
         for fault in faults {
             let proxy = fault_proxy("download", fault, at, &log);
@@ -296,7 +254,7 @@ fn download_faults_leave_the_sr_untouched() {
             );
         }
     }
-    if !full() {
+    if !helpers::faults_full() {
         let proxy = fault_proxy("download", "reset", 4000, &log);
         let o = download(&proxy, &["--retries", "0"]);
         assert_eq!(exit_of(&o), Some(5), "reset: {}", stderr(&o));
@@ -373,7 +331,7 @@ fn download_faults_leave_the_sr_untouched() {
 /// with one retry the image becomes active with our checksum.
 #[test]
 fn upload_faults_never_activate_a_partial_image() {
-    let _turn = common::glance_turn();
+    let _turn = helpers::glance_turn();
     let mut report = Report::new("upload");
     let site = Site::new();
     // The chain to upload: the SR's own leaf.
@@ -408,7 +366,7 @@ fn upload_faults_never_activate_a_partial_image() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let log = site.path("proxy.log");
-    let upload = |proxy: &common::Peer, id: &str, extra: &[&str]| {
+    let upload = |proxy: &helpers::Peer, id: &str, extra: &[&str]| {
         let url = proxy.url();
         let mut a = vec![
             "upload",
@@ -431,10 +389,14 @@ fn upload_faults_never_activate_a_partial_image() {
         assert_ne!(status, "active", "{what}: a partial upload became active");
         status
     };
-    let faults: &[&str] = if full() { &["cut", "reset"] } else { &["cut"] };
+    let faults: &[&str] = if helpers::faults_full() {
+        &["cut", "reset"]
+    } else {
+        &["cut"]
+    };
     for (label, at) in offsets(&local) {
         for fault in faults {
-            let id = common::glance_image(None);
+            let id = helpers::glance_image(None);
             let proxy = fault_proxy("upload", fault, at, &log);
             let o = upload(&proxy, &id, &["--retries", "0", "--idle-timeout", "10"]);
             let what = format!("{fault} at {at} ({label})");
@@ -451,7 +413,7 @@ fn upload_faults_never_activate_a_partial_image() {
         }
     }
     // A stall: the idle timeout fires (on the write, or on the wait for an answer).
-    let id = common::glance_image(None);
+    let id = helpers::glance_image(None);
     let proxy = fault_proxy("upload", "stall", 5000, &log);
     let t = Instant::now();
     let o = upload(&proxy, &id, &["--retries", "0", "--idle-timeout", "2"]);
@@ -470,7 +432,7 @@ fn upload_faults_never_activate_a_partial_image() {
         ),
     );
     // A drip: the deadline fires.
-    let id = common::glance_image(None);
+    let id = helpers::glance_image(None);
     let proxy = fault_proxy("upload", "drip", 2000, &log);
     let t = Instant::now();
     let o = upload(
@@ -493,7 +455,7 @@ fn upload_faults_never_activate_a_partial_image() {
         ),
     );
     // One fault, one retry: active, with the checksum of what we sent.
-    let id = common::glance_image(None);
+    let id = helpers::glance_image(None);
     let proxy = fault_proxy("upload", "reset", 3000, &log);
     let o = upload(
         &proxy,
@@ -514,7 +476,7 @@ fn upload_faults_never_activate_a_partial_image() {
     );
     // The whole upload arrived but its answer was lost: the retry finds the image
     // active with exactly our bytes and calls it done, sending nothing twice.
-    let id = common::glance_image(None);
+    let id = helpers::glance_image(None);
     let proxy = fault_proxy("upload-answer", "cut", 0, &log);
     let o = upload(
         &proxy,
@@ -535,337 +497,5 @@ fn upload_faults_never_activate_a_partial_image() {
         "cut",
         exit_of(&o),
         "the retry finds it active with our checksum: success, not sent twice",
-    );
-}
-
-/// A SIGKILL in each phase of an import, then `sweep`: no staging directory, no VHD
-/// whose parent is missing, the SR as it was. During the move the SR holds only whole
-/// chains (base first) even before the sweep.
-#[test]
-fn kill_9_in_every_phase_then_sweep() {
-    let mut report = Report::new("crash");
-    let site = Site::new();
-    let tgz = site.tarball("img.tgz");
-    let before = site.snapshot();
-    let mark = site.path("paused");
-    let start = |env: &[(&str, &str)], extra: &[&str]| -> Child {
-        let url = format!("file://{}", tgz.display());
-        Command::new(common::bin())
-            .args(["download", "--endpoint", &url, "--sr-path"])
-            .arg(&site.sr)
-            .args(["--lock-dir", &site.lock_dir(), "--no-lock"])
-            .args(extra)
-            .envs(env.iter().copied())
-            .env("GLANCE_VHD_TEST_PAUSE_MARK", &mark)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let kill = |mut c: Child| {
-        // std's Child::kill is SIGKILL on Unix: no handler runs, no destructor.
-        c.kill().unwrap();
-        let st = c.wait().unwrap();
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(9));
-    };
-    let wait_for = |cond: &dyn Fn() -> bool, what: &str| {
-        let t = Instant::now();
-        while !cond() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "{what} never happened"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    // During the stream: a slow download, killed once its staging directory exists.
-    let c = start(&[], &["--rate-limit", "4K"]);
-    wait_for(&|| !site.staging_dirs().is_empty(), "staging");
-    std::thread::sleep(Duration::from_millis(500));
-    kill(c);
-    assert_eq!(
-        site.staging_dirs().len(),
-        1,
-        "a killed run leaves its staging"
-    );
-    site.sweep();
-    site.assert_untouched(&before, "kill during the stream");
-    report.row(
-        "SIGKILL during the stream (4 KiB/s)",
-        "kill -9",
-        None,
-        "SR untouched; sweep removed the staging dir",
-    );
-    // During the relink and the move: a test hook stops the process at an exact step.
-    for (step, what) in [
-        ("relink:1", "during the relink (after 0.vhd → 1.vhd)"),
-        ("move:1", "during the move (base linked into the SR)"),
-        ("move:2", "during the move (base and middle linked)"),
-    ] {
-        let _ = std::fs::remove_file(&mark);
-        let c = start(&[("GLANCE_VHD_TEST_PAUSE", step)], &[]);
-        wait_for(&|| mark.exists(), step);
-        kill(c);
-        // Before any sweep: every VHD in the SR has its whole chain.
-        site.assert_chains_whole(what);
-        let linked = site.snapshot().len() - before.len() - site.staging_dirs().len();
-        let o = site.sweep();
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        let rolled = v["swept"][0]["rolled_back"].as_array().map_or(0, Vec::len);
-        assert_eq!(rolled, linked, "{what}: {v}");
-        site.assert_untouched(&before, what);
-        report.row(
-            format!("SIGKILL {what}"),
-            "kill -9",
-            None,
-            &format!("{linked} VHD(s) in the SR before sweep, each with its parents; sweep rolled back {rolled}; SR untouched"),
-        );
-    }
-    // And an import that is not disturbed still works afterwards.
-    let c = start(&[], &[]);
-    let o = c.wait_with_output().unwrap();
-    assert!(o.status.success());
-    assert_eq!(site.snapshot().len(), before.len() + 3);
-    site.assert_chains_whole("after the crashes");
-}
-
-/// The SR on a small tmpfs: an image whose declared sizes fit, but the file system
-/// fills while it unpacks (another writer takes the space): a clean error naming the
-/// file, nothing left.
-#[test]
-fn disk_full_during_unpack() {
-    let mut report = Report::new("disk-full");
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join(uuid::Uuid::new_v4().to_string());
-    std::fs::create_dir(&mnt).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs (root is needed, as in dom0)");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _u = Unmount(mnt.clone());
-    // 5 MiB of random data in one VHD: fits the 8 MiB SR until 4 MiB go elsewhere.
-    let src = dir.path().join(uuid::Uuid::new_v4().to_string());
-    std::fs::create_dir(&src).unwrap();
-    let vdi = common::random_vdi(&src, 5);
-    let tgz = dir.path().join("img.tgz");
-    let o = common::run(
-        dir.path(),
-        &[
-            "upload",
-            "--endpoint",
-            &format!("file://{}", tgz.display()),
-            "--sr-path",
-            src.to_str().unwrap(),
-            "--leaf",
-            &vdi,
-            "--no-lock",
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let child = Command::new(common::bin())
-        .args([
-            "download",
-            "--endpoint",
-            &format!("file://{}", tgz.display()),
-            "--sr-path",
-        ])
-        .arg(&mnt)
-        .args([
-            "--lock-dir",
-            dir.path().join("lock").to_str().unwrap(),
-            "--no-lock",
-            "--rate-limit",
-            "2M",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Once the unpack is under way, another writer takes 4 MiB of the 8.
-    let t = Instant::now();
-    while !std::fs::read_dir(&mnt).unwrap().any(|e| {
-        e.unwrap()
-            .file_name()
-            .to_string_lossy()
-            .starts_with(".glance-vhd-staging-")
-    }) {
-        assert!(t.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let mut filler = std::fs::File::create(mnt.join("filler")).unwrap();
-    let _ = filler.write_all(&vec![1u8; 4 << 20]);
-    drop(filler);
-    let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    let err = stderr(&o);
-    assert!(
-        err.contains("No space left on device") && err.contains(".glance-vhd-staging-"),
-        "{err}"
-    );
-    let left: Vec<String> = std::fs::read_dir(&mnt)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(left, ["filler"], "only the other writer's file may remain");
-    report.row(
-        "8 MiB tmpfs SR, 5 MiB image, 4 MiB taken by another writer mid-unpack",
-        "ENOSPC",
-        o.status.code(),
-        "I/O error naming the staging file; SR as before, no staging",
-    );
-}
-
-/// Four downloads of different images into one SR at once, four uploads of one chain
-/// into four images at once, and a download racing `sweep` every 20 ms.
-#[test]
-fn concurrent_runs_stay_correct() {
-    let _turn = common::glance_turn();
-    let mut report = Report::new("concurrency");
-    let site = Site::new();
-    let before = site.snapshot();
-    // Four images (the same chain, uploaded four times: four ids, four imports).
-    let ids: Vec<String> = (0..4)
-        .map(|i| common::glance_image(Some(&site.tarball(&format!("img{i}.tgz")))))
-        .collect();
-    let runs: Vec<Child> = ids
-        .iter()
-        .map(|id| {
-            Command::new(common::bin())
-                .args([
-                    "download",
-                    "--endpoint",
-                    common::glance_url(),
-                    "--image-id",
-                    id,
-                    "--sr-path",
-                ])
-                .arg(&site.sr)
-                .args(["--lock-dir", &site.lock_dir(), "--no-lock", "--json"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let mut leaves = Vec::new();
-    for c in runs {
-        let o = c.wait_with_output().unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        leaves.push(v["root"]["uuid"].as_str().unwrap().to_string());
-    }
-    assert_eq!(site.snapshot().len(), before.len() + 12);
-    site.assert_chains_whole("4 downloads");
-    assert!(site.staging_dirs().is_empty());
-    report.row(
-        "4 downloads of different images into one SR at once",
-        "-",
-        Some(0),
-        "12 new VHDs, 4 whole chains, no staging",
-    );
-
-    // Four uploads of chains from this SR at once. Glance 33 on sqlite cannot take
-    // concurrent uploads (sqlite refuses the second writer at once, "database is
-    // locked", and the image stays "saving"), so they go to the Glance v1 stand-in, a
-    // threaded server that checks each body's checksum the way Glance does.
-    let snap = site.snapshot();
-    let store = site.path("v1-store");
-    let standin = common::Peer::start(&store, &[]);
-    let runs: Vec<Child> = (0..4)
-        .map(|i| {
-            Command::new(common::bin())
-                .args(["upload", "--endpoint", &standin.url(), "--api-version", "1"])
-                .args(["--image-id", &format!("concurrent-{i}"), "--sr-path"])
-                .arg(&site.sr)
-                .args([
-                    "--leaf",
-                    &leaves[i],
-                    "--no-lock",
-                    "--json",
-                    "--threads",
-                    "2",
-                ])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for (i, c) in runs.into_iter().enumerate() {
-        let o = c.wait_with_output().unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        let body = store.join(format!("concurrent-{i}"));
-        assert_eq!(
-            std::fs::metadata(&body).unwrap().len(),
-            v["summary"]["bytes"].as_u64().unwrap()
-        );
-        // The stored body unpacks with GNU tar into the three members.
-        let o = Command::new("tar").arg("-tzf").arg(&body).output().unwrap();
-        assert!(o.status.success());
-        assert_eq!(stdout(&o).matches(".vhd").count(), 3, "{}", stdout(&o));
-    }
-    assert_eq!(site.snapshot(), snap, "an upload changed the SR");
-    assert!(site.staging_dirs().is_empty());
-    report.row("4 uploads of chains from one SR at once (v1 stand-in: sqlite Glance refuses concurrent writers)", "-", Some(0), "4 complete tarballs, verified; SR unchanged, no staging");
-
-    // A slow download while sweep runs every 20 ms with --older-than 0.
-    let snap = site.snapshot();
-    let url = format!("file://{}", site.tarball("slow.tgz").display());
-    let dl = Command::new(common::bin())
-        .args(["download", "--endpoint", &url, "--sr-path"])
-        .arg(&site.sr)
-        .args([
-            "--lock-dir",
-            &site.lock_dir(),
-            "--no-lock",
-            "--rate-limit",
-            "8K",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut kept = 0;
-    let t = Instant::now();
-    let mut dl = Some(dl);
-    let mut result = None;
-    while result.is_none() {
-        let o = site.sweep();
-        if stdout(&o).contains("in use by a live process") {
-            kept += 1;
-        }
-        if let Some(status) = dl.as_mut().unwrap().try_wait().unwrap() {
-            let _ = status;
-            result = dl.take().map(|c| c.wait_with_output().unwrap());
-        }
-        assert!(t.elapsed() < Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let o = result.unwrap();
-    assert!(
-        o.status.success(),
-        "the download lost the race: {}",
-        stderr(&o)
-    );
-    assert!(kept > 10, "sweep never saw the live staging dir ({kept})");
-    assert_eq!(site.snapshot().len(), snap.len() + 3);
-    site.assert_chains_whole("download vs sweep");
-    report.row(
-        format!(
-            "a download at 8 KiB/s while sweep --older-than 0 runs every 20 ms ({kept} sweeps)"
-        ),
-        "-",
-        Some(0),
-        "sweep kept the live staging dir every time; whole chain arrived",
     );
 }

@@ -4,28 +4,14 @@
 //! made by GNU tar, the way the old plugin made them, and come out through ours — and
 //! the reverse for uploads.
 
-mod common;
-
+use crate::helpers;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn glance() -> &'static str {
-    common::glance_url()
-}
-
-fn client(args: &[&str]) -> Output {
-    common::glance_client(args)
-}
-
-fn record(id: &str) -> serde_json::Value {
-    let o = client(&["show", id]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
+use crate::helpers::{
+    glance_client as client, glance_record as record, glance_url as glance, listing,
+    CHILD_CONTENT as CHILD, GRANDCHILD_CONTENT as GRANDCHILD, PARENT_CONTENT as PARENT,
+};
 
 struct Work {
     dir: tempfile::TempDir,
@@ -36,7 +22,7 @@ impl Work {
     fn new() -> Work {
         Work {
             dir: tempfile::tempdir().unwrap(),
-            samples: common::unpacked_samples(),
+            samples: helpers::unpacked_samples(),
         }
     }
 
@@ -51,28 +37,16 @@ impl Work {
 
     /// `tar -zc --directory=STAGE .` of samples under member names.
     fn tarball(&self, files: &[(&str, &str)]) -> PathBuf {
-        let stage = tempfile::tempdir().unwrap();
-        for (name, sample) in files {
-            std::fs::copy(self.samples.path().join(sample), stage.path().join(name)).unwrap();
-        }
         let out = self
             .dir
             .path()
             .join(format!("{}.tgz", uuid::Uuid::new_v4()));
-        assert!(Command::new("tar")
-            .arg("-zcf")
-            .arg(&out)
-            .arg("--directory")
-            .arg(stage.path())
-            .arg(".")
-            .status()
-            .unwrap()
-            .success());
+        helpers::gnu_tar(self.samples.path(), files, &out);
         out
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        common::run(self.dir.path(), args)
+        helpers::run(self.dir.path(), args)
     }
 
     fn download(&self, id: &str, sr: &Path, extra: &[&str]) -> Output {
@@ -95,32 +69,13 @@ impl Work {
     }
 
     fn content(&self, vhd: &Path) -> String {
-        let out = self
-            .dir
-            .path()
-            .join(format!("{}.raw", uuid::Uuid::new_v4()));
-        let o = self.run(&["vhd", "read", vhd.to_str().unwrap(), out.to_str().unwrap()]);
-        assert!(o.status.success(), "{}", common::stderr(&o));
-        common::sha256_file(&out)
+        helpers::content_sha(self.dir.path(), vhd)
     }
 }
 
-fn listing(sr: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(sr)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-const GRANDCHILD: &str = "9d79e9372eb2b98c93e9be5efe933f685564698b6795704fa342f19883b1c552";
-const CHILD: &str = "097a52dea8e7f8ba290699d56f5fb56e4ca45c644456649e528b2bf01e3a5426";
-const PARENT: &str = "8ff122f704ccf7b0a4a0c101cbbfd838820d48e4504770dee4ea9223d567f648";
-
 #[test]
 fn download_every_layout_made_by_gnu_tar() {
-    let _turn = common::glance_turn();
+    let _turn = helpers::glance_turn();
     let w = Work::new();
     for (what, files, expect) in [
         (
@@ -153,11 +108,11 @@ fn download_every_layout_made_by_gnu_tar() {
         ),
     ] {
         let tgz = w.tarball(&files);
-        let id = common::glance_image(Some(&tgz));
+        let id = helpers::glance_image(Some(&tgz));
         let sr = w.sr(&format!("{:08x}", expect.len() * 1000 + files.len()));
         let before = listing(&sr);
         let o = w.download(&id, &sr, &["--json"]);
-        assert!(o.status.success(), "{what}: {}", common::stderr(&o));
+        assert!(o.status.success(), "{what}: {}", helpers::stderr(&o));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let chain: Vec<String> = v["chain"]
             .as_array()
@@ -178,45 +133,36 @@ fn download_every_layout_made_by_gnu_tar() {
             assert_eq!(&w.content(&sr.join(format!("{u}.vhd"))), h, "{what}: {u}");
         }
         // libvhdi, an independent reader, follows the relinked chain to the same bytes.
-        let o = Command::new(common::python())
-            .arg(repo().join("tests/peers/vhdi_read.py"))
-            .args(chain.iter().map(|u| sr.join(format!("{u}.vhd"))))
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{what}: libvhdi: {}",
-            common::stderr(&o)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let files: Vec<PathBuf> = chain.iter().map(|u| sr.join(format!("{u}.vhd"))).collect();
+        let v = helpers::vhdi(w.dir.path(), &files, true);
         assert_eq!(v["sha256"], expect[0], "{what}: libvhdi content");
         let leaf = sr.join(format!("{}.vhd", chain[0]));
         let o = w.run(&["vhd", "check", "--parents", leaf.to_str().unwrap()]);
         assert!(
-            common::stdout(&o).ends_with("is valid\n"),
+            helpers::stdout(&o).ends_with("is valid\n"),
             "{what}: {}",
-            common::stdout(&o)
+            helpers::stdout(&o)
         );
     }
 }
 
 #[test]
 fn download_failures_leave_the_sr_untouched() {
-    let _turn = common::glance_turn();
+    let _turn = helpers::glance_turn();
     let w = Work::new();
     let sr = w.sr("0badbad0");
     std::fs::write(sr.join("existing.vhd"), b"keep").unwrap();
     // Unknown image: not found.
     let o = w.download("5a5a5a5a-0000-4000-8000-000000000000", &sr, &[]);
-    assert_eq!(o.status.code(), Some(4), "{}", common::stderr(&o));
+    assert_eq!(o.status.code(), Some(4), "{}", helpers::stderr(&o));
     // An image without data: Glance answers 204.
-    let id = common::glance_image(None);
+    let id = helpers::glance_image(None);
     let o = w.download(&id, &sr, &[]);
     assert!(!o.status.success());
     assert!(
-        common::stderr(&o).contains("no data") || common::stderr(&o).contains("queued"),
+        helpers::stderr(&o).contains("no data") || helpers::stderr(&o).contains("queued"),
         "{}",
-        common::stderr(&o)
+        helpers::stderr(&o)
     );
     // A hostile tarball stored in Glance.
     let stage = tempfile::tempdir().unwrap();
@@ -231,17 +177,17 @@ fn download_failures_leave_the_sr_untouched() {
         .status()
         .unwrap()
         .success());
-    let id = common::glance_image(Some(&bad));
+    let id = helpers::glance_image(Some(&bad));
     let o = w.download(&id, &sr, &[]);
-    assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
-    assert!(common::stderr(&o).contains("symlink"));
+    assert_eq!(o.status.code(), Some(3), "{}", helpers::stderr(&o));
+    assert!(helpers::stderr(&o).contains("symlink"));
     assert_eq!(listing(&sr), ["existing.vhd"]);
     // The connection cut in the middle of the body (a loopback proxy).
     let tgz = w.tarball(&[("0.vhd", "child.vhd"), ("1.vhd", "parent.vhd")]);
-    let id = common::glance_image(Some(&tgz));
-    let port = common::glance_port().to_string();
+    let id = helpers::glance_image(Some(&tgz));
+    let port = helpers::glance_port().to_string();
     for cut in ["300", "2000", "9000"] {
-        let proxy = common::Peer::cut_proxy(&port, cut, false);
+        let proxy = helpers::Peer::cut_proxy(&port, cut, false);
         let url = proxy.url();
         let lock = w.dir.path().join("lock");
         let o = w.run(&[
@@ -267,30 +213,13 @@ fn download_failures_leave_the_sr_untouched() {
 /// An SR with the sample chain under known VDI UUIDs (made by our download).
 fn sr_with_chain(w: &Work) -> (PathBuf, [String; 3]) {
     let sr = w.sr("c4a1c4a1");
-    let tgz = w.tarball(&[
-        ("0.vhd", "grandchild.vhd"),
-        ("1.vhd", "child.vhd"),
-        ("2.vhd", "parent.vhd"),
-    ]);
-    let url = format!("file://{}", tgz.display());
-    let lock = w.dir.path().join("lock");
-    let o = w.run(&[
-        "download",
-        "--endpoint",
-        &url,
-        "--sr-path",
-        sr.to_str().unwrap(),
-        "--lock-dir",
-        lock.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let u: Vec<String> = common::stdout(&o).lines().map(str::to_string).collect();
+    let u = helpers::import_tap_chain(w.dir.path(), &sr, &[]);
     (sr, [u[0].clone(), u[1].clone(), u[2].clone()])
 }
 
 #[test]
 fn upload_then_read_back_with_plain_http_gnu_tar_python_and_our_download() {
-    let _turn = common::glance_turn();
+    let _turn = helpers::glance_turn();
     let w = Work::new();
     let (sr, uuids) = sr_with_chain(&w);
     let o = w.run(&[
@@ -312,7 +241,7 @@ fn upload_then_read_back_with_plain_http_gnu_tar_python_and_our_download() {
         "X-Auth-Token: test-token",
         "--json",
     ]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(o.status.success(), "{}", helpers::stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let id = v["image_id"].as_str().unwrap().to_string();
     let rec = record(&id);
@@ -328,7 +257,7 @@ fn upload_then_read_back_with_plain_http_gnu_tar_python_and_our_download() {
     // A plain HTTP download, unpacked by GNU tar and by Python tarfile r|gz.
     let got = w.dir.path().join("got.tgz");
     let o = client(&["download", &id, got.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(o.status.success(), "{}", helpers::stderr(&o));
     let x = w.dir.path().join("x");
     std::fs::create_dir(&x).unwrap();
     assert!(Command::new("tar")
@@ -352,33 +281,27 @@ fn upload_then_read_back_with_plain_http_gnu_tar_python_and_our_download() {
         .arg(&got)
         .output()
         .unwrap();
-    assert!(py.status.success(), "{}", common::stderr(&py));
-    let lines: Vec<String> = common::stdout(&py).lines().map(str::to_string).collect();
+    assert!(py.status.success(), "{}", helpers::stderr(&py));
+    let lines: Vec<String> = helpers::stdout(&py).lines().map(str::to_string).collect();
     for (i, u) in uuids.iter().enumerate() {
         assert_eq!(
             lines[i],
             format!(
                 "./{i}.vhd {}",
-                common::sha256_file(&sr.join(format!("{u}.vhd")))
+                helpers::sha256_file(&sr.join(format!("{u}.vhd")))
             )
         );
     }
     // Our download of it reproduces the chain.
     let sr2 = w.sr("d2d2d2d2");
     let o = w.download(&id, &sr2, &[]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let chain: Vec<PathBuf> = common::stdout(&o)
+    assert!(o.status.success(), "{}", helpers::stderr(&o));
+    let chain: Vec<PathBuf> = helpers::stdout(&o)
         .lines()
         .map(|u| sr2.join(format!("{u}.vhd")))
         .collect();
     assert_eq!(w.content(&chain[0]), GRANDCHILD);
-    let o = Command::new(common::python())
-        .arg(repo().join("tests/peers/vhdi_read.py"))
-        .args(&chain)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "libvhdi: {}", common::stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = helpers::vhdi(w.dir.path(), &chain, true);
     assert_eq!(
         v["sha256"], GRANDCHILD,
         "libvhdi reads the downloaded chain"
@@ -387,7 +310,7 @@ fn upload_then_read_back_with_plain_http_gnu_tar_python_and_our_download() {
 
 #[test]
 fn upload_failures_never_leave_an_active_image() {
-    let _turn = common::glance_turn();
+    let _turn = helpers::glance_turn();
     let w = Work::new();
     let (sr, uuids) = sr_with_chain(&w);
     let chain = ["--vdi", &uuids[0], "--vdi", &uuids[1], "--vdi", &uuids[2]];
@@ -402,48 +325,43 @@ fn upload_failures_never_leave_an_active_image() {
             id,
         ];
         args.extend_from_slice(&chain);
-        Command::new(common::bin())
-            .args(&args)
-            .envs(env.iter().copied())
-            .current_dir(w.dir.path())
-            .output()
-            .unwrap()
+        helpers::run_env(w.dir.path(), &args, env)
     };
     // Unknown id: ImageNotFound (exit 4).
     let o = up("5b5b5b5b-0000-4000-8000-000000000000", &[]);
-    assert_eq!(o.status.code(), Some(4), "{}", common::stderr(&o));
+    assert_eq!(o.status.code(), Some(4), "{}", helpers::stderr(&o));
     // Already active: refused before any data, permanent.
     let tgz = w.tarball(&[("0.vhd", "parent.vhd")]);
-    let active = common::glance_image(Some(&tgz));
+    let active = helpers::glance_image(Some(&tgz));
     let before = record(&active);
     let o = up(&active, &[]);
-    assert_eq!(o.status.code(), Some(1), "{}", common::stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", helpers::stderr(&o));
     assert!(
-        common::stderr(&o).contains("\"active\""),
+        helpers::stderr(&o).contains("\"active\""),
         "{}",
-        common::stderr(&o)
+        helpers::stderr(&o)
     );
     assert_eq!(record(&active)["checksum"], before["checksum"]);
     // The stream breaking half-way: Glance sees a broken upload, the image is not active.
     for after in ["0", "3000"] {
-        let id = common::glance_image(None);
+        let id = helpers::glance_image(None);
         let o = up(&id, &[("GLANCE_VHD_TEST_FAIL_UPLOAD_AFTER", after)]);
         assert!(!o.status.success(), "after {after}: accepted");
         assert!(
-            common::stderr(&o).contains("injected failure"),
+            helpers::stderr(&o).contains("injected failure"),
             "{}",
-            common::stderr(&o)
+            helpers::stderr(&o)
         );
         let st = record(&id)["status"].as_str().unwrap().to_string();
         assert_ne!(st, "active", "after {after}: a broken upload became active");
     }
     // The connection cut while the body is on its way (a loopback proxy): the image
     // must not become active.
-    let port = common::glance_port().to_string();
+    let port = helpers::glance_port().to_string();
     for cut in ["2000", "12000"] {
-        let proxy = common::Peer::cut_proxy(&port, cut, true);
+        let proxy = helpers::Peer::cut_proxy(&port, cut, true);
         let url = proxy.url();
-        let id = common::glance_image(None);
+        let id = helpers::glance_image(None);
         let mut args = vec![
             "upload",
             "--endpoint",

@@ -2,8 +2,7 @@
 //! `tarfile` `r|gz`) and to the Glance v1 stand-in (headers, queued check, status
 //! classes, a broken stream that must never be terminated).
 
-mod common;
-
+use crate::helpers;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -23,48 +22,8 @@ const UUIDS: [&str; 3] = [
 
 fn sr_with_chain() -> Sr {
     let dir = tempfile::tempdir().unwrap();
-    let samples = common::unpacked_samples();
-    let stage = dir.path().join("stage");
-    std::fs::create_dir(&stage).unwrap();
-    for (i, f) in ["grandchild.vhd", "child.vhd", "parent.vhd"]
-        .iter()
-        .enumerate()
-    {
-        std::fs::copy(samples.path().join(f), stage.join(format!("{i}.vhd"))).unwrap();
-    }
-    let tgz = dir.path().join("in.tgz");
-    assert!(Command::new("tar")
-        .arg("-zcf")
-        .arg(&tgz)
-        .arg("-C")
-        .arg(&stage)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
-    let sr = dir.path().join(uuid::Uuid::new_v4().to_string());
-    std::fs::create_dir(&sr).unwrap();
-    let url = format!("file://{}", tgz.display());
-    let lock = dir.path().join("lock");
-    let o = common::run(
-        dir.path(),
-        &[
-            "download",
-            "--endpoint",
-            &url,
-            "--sr-path",
-            sr.to_str().unwrap(),
-            "--lock-dir",
-            lock.to_str().unwrap(),
-            "--uuid",
-            UUIDS[0],
-            "--uuid",
-            UUIDS[1],
-            "--uuid",
-            UUIDS[2],
-        ],
-    );
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    let sr = helpers::new_sr(dir.path());
+    helpers::import_tap_chain(dir.path(), &sr, &UUIDS);
     Sr {
         dir,
         sr,
@@ -89,12 +48,7 @@ impl Sr {
             "0.01",
         ];
         args.extend_from_slice(extra);
-        Command::new(common::bin())
-            .args(&args)
-            .envs(env.iter().copied())
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap()
+        helpers::run_env(self.dir.path(), &args, env)
     }
 
     fn vdi(&self, i: usize) -> PathBuf {
@@ -102,11 +56,7 @@ impl Sr {
     }
 
     fn no_staging_left(&self) {
-        let left: Vec<_> = std::fs::read_dir(&self.sr)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".glance-vhd-staging"))
-            .collect();
+        let left = helpers::staging_dirs(&self.sr);
         assert!(left.is_empty(), "staging left: {left:?}");
     }
 }
@@ -130,14 +80,14 @@ fn local_upload_by_leaf_reads_back_with_gnu_tar_gzip_and_python() {
     let out = s.dir.path().join("up.tgz");
     let url = format!("file://{}", out.display());
     let o = s.upload(&url, &["--leaf", s.uuids[0], "--image-id", "x", "--json"]);
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(o.status.success(), "{}", helpers::stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["vdis"], serde_json::json!(s.uuids));
     assert_eq!(v["members"], serde_json::json!(["0.vhd", "1.vhd", "2.vhd"]));
     let md5 = Command::new("md5sum").arg(&out).output().unwrap();
     assert_eq!(
         v["stream"]["md5"].as_str().unwrap(),
-        &common::stdout(&md5)[..32]
+        &helpers::stdout(&md5)[..32]
     );
     assert!(Command::new("gzip")
         .arg("-t")
@@ -147,7 +97,7 @@ fn local_upload_by_leaf_reads_back_with_gnu_tar_gzip_and_python() {
         .success());
     // GNU tar: the members, in order, byte-identical to the SR's files.
     let list = Command::new("tar").arg("-tzf").arg(&out).output().unwrap();
-    assert_eq!(common::stdout(&list), "./\n./0.vhd\n./1.vhd\n./2.vhd\n");
+    assert_eq!(helpers::stdout(&list), "./\n./0.vhd\n./1.vhd\n./2.vhd\n");
     let x = s.dir.path().join("x");
     gnu_untar(&out, &x);
     for i in 0..3 {
@@ -168,48 +118,25 @@ fn local_upload_by_leaf_reads_back_with_gnu_tar_gzip_and_python() {
         .arg(&out)
         .output()
         .unwrap();
-    assert!(py.status.success(), "{}", common::stderr(&py));
-    let lines: Vec<String> = common::stdout(&py).lines().map(str::to_string).collect();
+    assert!(py.status.success(), "{}", helpers::stderr(&py));
+    let lines: Vec<String> = helpers::stdout(&py).lines().map(str::to_string).collect();
     assert_eq!(lines.len(), 4, "{lines:?}");
     for i in 0..3 {
         assert_eq!(
             lines[i + 1],
-            format!("./{i}.vhd {}", common::sha256_file(&s.vdi(i)))
+            format!("./{i}.vhd {}", helpers::sha256_file(&s.vdi(i)))
         );
     }
     s.no_staging_left();
     // And our own download of it reproduces the chain's content.
-    let sr2 = s.dir.path().join(uuid::Uuid::new_v4().to_string());
-    std::fs::create_dir(&sr2).unwrap();
+    let sr2 = helpers::new_sr(s.dir.path());
     let lock = s.dir.path().join("lock2");
-    let o = common::run(
-        s.dir.path(),
-        &[
-            "download",
-            "--endpoint",
-            &url,
-            "--sr-path",
-            sr2.to_str().unwrap(),
-            "--lock-dir",
-            lock.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let leaf = common::stdout(&o).lines().next().unwrap().to_string();
-    let raw = s.dir.path().join("leaf.raw");
-    let o = common::run(
-        s.dir.path(),
-        &[
-            "vhd",
-            "read",
-            sr2.join(format!("{leaf}.vhd")).to_str().unwrap(),
-            raw.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success());
+    let o = helpers::download_file(s.dir.path(), &out, &sr2, &lock, &[]);
+    assert!(o.status.success(), "{}", helpers::stderr(&o));
+    let leaf = helpers::stdout(&o).lines().next().unwrap().to_string();
     assert_eq!(
-        common::sha256_file(&raw),
-        "9d79e9372eb2b98c93e9be5efe933f685564698b6795704fa342f19883b1c552"
+        helpers::content_sha(s.dir.path(), &sr2.join(format!("{leaf}.vhd"))),
+        helpers::GRANDCHILD_CONTENT
     );
 }
 
@@ -240,7 +167,7 @@ fn levels_threads_and_the_property_all_give_valid_streams() {
         ];
         args.extend_from_slice(extra);
         let o = s.upload(&url, &args);
-        assert!(o.status.success(), "{extra:?}: {}", common::stderr(&o));
+        assert!(o.status.success(), "{extra:?}: {}", helpers::stderr(&o));
         let x = s.dir.path().join(format!("x{i}"));
         gnu_untar(&out, &x);
         assert_eq!(
@@ -275,8 +202,8 @@ fn bad_requests_leave_nothing() {
             "x",
         ],
     );
-    assert_eq!(o.status.code(), Some(4), "{}", common::stderr(&o));
-    assert!(common::stderr(&o).contains("bbbbbbbb-0000-4000-8000-000000000009"));
+    assert_eq!(o.status.code(), Some(4), "{}", helpers::stderr(&o));
+    assert!(helpers::stderr(&o).contains("bbbbbbbb-0000-4000-8000-000000000009"));
     // A chain that leaves the SR: the leaf's parent is a file elsewhere.
     let other = s.dir.path().join("elsewhere");
     std::fs::create_dir(&other).unwrap();
@@ -284,7 +211,7 @@ fn bad_requests_leave_nothing() {
     std::fs::copy(s.vdi(0), s.sr.join(format!("{leaf}.vhd"))).unwrap();
     std::fs::copy(s.vdi(1), other.join("p.vhd")).unwrap();
     std::fs::copy(s.vdi(2), other.join(format!("{}.vhd", s.uuids[2]))).unwrap();
-    let o = common::run(
+    let o = helpers::run(
         s.dir.path(),
         &[
             "vhd",
@@ -293,20 +220,20 @@ fn bad_requests_leave_nothing() {
             other.join("p.vhd").to_str().unwrap(),
         ],
     );
-    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(o.status.success(), "{}", helpers::stderr(&o));
     let o = s.upload(&url, &["--leaf", leaf, "--image-id", "x"]);
-    assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
+    assert_eq!(o.status.code(), Some(3), "{}", helpers::stderr(&o));
     assert!(
-        common::stderr(&o).contains("not a <uuid>.vhd in the SR"),
+        helpers::stderr(&o).contains("not a <uuid>.vhd in the SR"),
         "{}",
-        common::stderr(&o)
+        helpers::stderr(&o)
     );
     // Usage errors.
     let o = s.upload(&url, &["--image-id", "x"]);
     assert_eq!(o.status.code(), Some(2));
     // Glance needs an image: --image-id or --create (a local file does not).
     let o = s.upload("http://127.0.0.1:9", &["--leaf", leaf]);
-    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", helpers::stderr(&o));
     let o = s.upload(
         &url,
         &[
@@ -323,7 +250,7 @@ fn bad_requests_leave_nothing() {
     s.no_staging_left();
 }
 
-use common::Peer as Standin;
+use crate::helpers::Peer as Standin;
 
 #[test]
 fn v1_upload_headers_queued_check_and_status_classes() {
@@ -346,8 +273,8 @@ fn v1_upload_headers_queued_check_and_status_classes() {
         "X-Auth-Token: tok",
     ]);
     let o = s.upload(&g.url(), &args);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    assert_eq!(common::stdout(&o), "img-7\n");
+    assert!(o.status.success(), "{}", helpers::stderr(&o));
+    assert_eq!(helpers::stdout(&o), "img-7\n");
     let stored = g.dir.join("img-7");
     let x = s.dir.path().join("x");
     gnu_untar(&stored, &x);
@@ -385,11 +312,11 @@ fn v1_upload_headers_queued_check_and_status_classes() {
     assert_eq!(hv("transfer-encoding").as_deref(), Some("chunked"));
     // The image is active now: a second upload is refused before any data flows.
     let o = s.upload(&g.url(), &args);
-    assert_eq!(o.status.code(), Some(1), "{}", common::stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", helpers::stderr(&o));
     assert!(
-        common::stderr(&o).contains("not \"queued\""),
+        helpers::stderr(&o).contains("not \"queued\""),
         "{}",
-        common::stderr(&o)
+        helpers::stderr(&o)
     );
     s.no_staging_left();
     drop(g);
@@ -406,7 +333,7 @@ fn v1_upload_headers_queued_check_and_status_classes() {
             o.status.code(),
             Some(code),
             "HTTP {status}: {}",
-            common::stderr(&o)
+            helpers::stderr(&o)
         );
     }
     s.no_staging_left();
@@ -436,9 +363,9 @@ fn a_stream_that_breaks_is_never_terminated() {
         );
         assert!(!o.status.success(), "after {after}: accepted");
         assert!(
-            common::stderr(&o).contains("injected failure"),
+            helpers::stderr(&o).contains("injected failure"),
             "{}",
-            common::stderr(&o)
+            helpers::stderr(&o)
         );
         std::thread::sleep(std::time::Duration::from_millis(300));
         assert!(

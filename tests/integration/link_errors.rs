@@ -2,12 +2,10 @@
 //! with `GLANCE_VHD_TEST_FAIL=relink:N`) exits 1 like any local I/O failure, a broken
 //! image exits 3; either way the SR gets nothing and no staging directory is left.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{bin, stderr, unpacked_samples};
+use crate::helpers::{bin, stderr, unpacked_samples};
 
 struct Site {
     dir: tempfile::TempDir,

@@ -1,14 +1,14 @@
 //! The rules the CLI and the plugin used to apply each in its own way, now from one
 //! home (issue 11): each test fails on the binary from before the restructure.
 
-mod common;
+use crate::helpers;
 
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{run, stderr, stdout};
+use crate::helpers::{run, stderr, stdout};
 
 /// A listener nobody should connect to: a refused flag must fail before any request.
 fn untouched_endpoint() -> (TcpListener, String) {
@@ -26,9 +26,7 @@ fn assert_no_connection(l: &TcpListener) {
 }
 
 fn sr(dir: &Path) -> String {
-    let sr = dir.join(uuid::Uuid::new_v4().to_string());
-    std::fs::create_dir(&sr).unwrap();
-    sr.to_str().unwrap().to_string()
+    helpers::new_sr(dir).to_str().unwrap().to_string()
 }
 
 /// Before: the CLI handed a header value with CR/LF to the HTTP layer and reported a
@@ -67,7 +65,7 @@ fn header_and_token_with_control_characters_are_refused_up_front() {
         stderr(&o)
     );
 
-    let o = Command::new(common::bin())
+    let o = Command::new(helpers::bin())
         .args(base)
         .env("OS_AUTH_TOKEN", "s3cr3t-token\nX-Injected: 1")
         .current_dir(dir.path())
@@ -89,7 +87,7 @@ fn header_and_token_with_control_characters_are_refused_up_front() {
 fn a_bad_compression_level_property_is_warned_about() {
     let dir = tempfile::tempdir().unwrap();
     let sr = sr(dir.path());
-    let vdi = common::random_vdi(Path::new(&sr), 1);
+    let vdi = helpers::random_vdi(Path::new(&sr), 1);
     let out = dir.path().join("out.tgz");
     let o = run(
         dir.path(),
@@ -123,7 +121,7 @@ fn vhd_read_into_a_closed_pipe_exits_0() {
     let f = dir.path().join("d.vhd");
     let o = run(dir.path(), &["vhd", "create", f.to_str().unwrap(), "64M"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let mut child = Command::new(common::bin())
+    let mut child = Command::new(helpers::bin())
         .args(["vhd", "read", f.to_str().unwrap(), "-"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

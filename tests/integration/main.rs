@@ -1,0 +1,26 @@
+//! The integration tests: one test binary (ripgrep's layout), one module per area, all
+//! driving the real binary (`GLANCE_VHD_BIN`, the static build under `make test`) and
+//! the real peers. `helpers` holds everything the modules share: where the binary, the
+//! samples and the peers are (every environment variable the tests read), scratch SRs,
+//! tarballs, the test Glance.
+//!
+//! Run one area with a filter: `cargo test --test integration -- faults::`.
+
+mod helpers;
+
+mod architecture;
+mod cli;
+mod corrupt;
+mod download;
+mod drift;
+mod faults;
+mod fuzz_fixtures;
+mod glance_v2;
+mod link_errors;
+mod peers;
+mod plugin;
+mod plugin_kernel_fsync;
+mod relink_io;
+mod samples;
+mod store_v1;
+mod upload;
