@@ -79,7 +79,25 @@ pub fn chain(err: &dyn StdError) -> String {
         }
         src = s.source();
     }
-    msg
+    cap(&msg)
+}
+
+/// The longest message we print, log or send to Nova. A hostile input can make an error
+/// quote anything (a 900 KB member name): past this, the text is cut at a character
+/// boundary and ends with `…`.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// `text`, at most [`MAX_MESSAGE`] bytes (with the ellipsis).
+pub fn cap(text: &str) -> String {
+    if text.len() <= MAX_MESSAGE {
+        return text.to_string();
+    }
+    let ellipsis = "…";
+    let mut end = MAX_MESSAGE - ellipsis.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ellipsis}", &text[..end])
 }
 
 #[cfg(test)]
@@ -93,6 +111,16 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("cannot open /x")]
     struct Outer(#[source] Repeats);
+
+    #[test]
+    fn messages_are_capped_at_a_char_boundary() {
+        let long = "é".repeat(5000);
+        let c = cap(&long);
+        assert!(c.len() <= MAX_MESSAGE && c.ends_with('…'), "{}", c.len());
+        assert_eq!(cap("short"), "short");
+        let e = Outer(Repeats(std::io::Error::other("x".repeat(10_000))));
+        assert!(chain(&e).len() <= MAX_MESSAGE);
+    }
 
     #[test]
     fn chain_names_each_cause_once() {

@@ -32,6 +32,7 @@ fn syslog_socket() -> std::path::PathBuf {
 
 /// One line to syslog only (RFC 3164 without a timestamp: the daemon adds its own).
 pub fn syslog(level: Level, msg: &str) {
+    let msg = crate::error::cap(msg);
     let pri = FACILITY_USER * 8 + level as u8;
     let line = format!("<{pri}>{IDENT}[{}]: {msg}", std::process::id());
     if let Ok(sock) = UnixDatagram::unbound() {
@@ -41,8 +42,9 @@ pub fn syslog(level: Level, msg: &str) {
 
 /// Plugin mode: stderr and syslog.
 pub fn log(level: Level, msg: &str) {
+    let msg = crate::error::cap(msg);
     eprintln!("{IDENT}[{}]: {msg}", std::process::id());
-    syslog(level, msg);
+    syslog(level, &msg);
 }
 
 pub fn info(msg: &str) {

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use super::output::say;
 use crate::store::glance::{self, Api, Glance, GlanceConfig};
 use crate::store::StoreError;
 use crate::vhd::{self, create::Stamp};
@@ -197,6 +196,7 @@ pub struct StoreArgs {
     #[arg(
         long = "endpoint",
         env = "OS_IMAGE_URL",
+        hide_env_values = true,
         required = true,
         value_name = "URL"
     )]
@@ -243,15 +243,26 @@ impl StoreArgs {
             crate::store::check_header("X-Auth-Token", t)
                 .map_err(|rule| format!("--token (or OS_AUTH_TOKEN): {rule}"))?;
         }
-        let http = self.endpoints.iter().filter(|e| is_http(e)).count();
-        match (http, self.endpoints.len()) {
-            (h, n) if h == n => Ok(true),
-            (0, 1) => Ok(false),
-            _ => Err(format!(
-                "--endpoint {}: several endpoints must all be http(s) Glance servers",
-                self.endpoints.join(" --endpoint ")
-            )),
+        for e in &self.endpoints {
+            crate::store::check_endpoint(e)?;
         }
+        let http = self.endpoints.iter().filter(|e| is_http(e)).count();
+        let http = match (http, self.endpoints.len()) {
+            (h, n) if h == n => true,
+            (0, 1) => false,
+            _ => {
+                return Err(format!(
+                    "--endpoint {}: several endpoints must all be http(s) Glance servers",
+                    self.endpoints.join(" --endpoint ")
+                ))
+            }
+        };
+        // The CA file is read now, not at the first connection: a wrong path or file is a
+        // configuration error naming the flag, not a failed download.
+        if let (true, false, Some(ca)) = (http, self.insecure, &self.cacert) {
+            glance::load_cacert(ca)?;
+        }
+        Ok(http)
     }
 
     /// `--header 'K: V'` → (K, V), by the store's header rule.
@@ -285,12 +296,6 @@ impl StoreArgs {
         crate::store::merge_token(&mut cfg.headers, self.token.as_deref());
         cfg.cacert = self.cacert.clone();
         cfg.insecure = self.insecure;
-        if self.insecure {
-            say(
-                0,
-                "warning: TLS certificate verification is disabled (--insecure)",
-            );
-        }
         cfg.connect_timeout = Duration::from_secs(self.connect_timeout);
         cfg.idle_timeout = Duration::from_secs(self.idle_timeout);
         cfg.deadline = self.deadline.map(Duration::from_secs);

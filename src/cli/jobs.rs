@@ -95,7 +95,18 @@ struct Job {
 impl Job {
     /// Lower the priority, take the lock, start the display: in that order, so a run
     /// that waits for the lock shows no bar and one that is refused changed nothing.
-    fn start(args: &JobArgs, sr_path: &Path, label: String) -> Result<Job, CliError> {
+    fn start(
+        args: &JobArgs,
+        store: &StoreArgs,
+        sr_path: &Path,
+        label: String,
+    ) -> Result<Job, CliError> {
+        if store.insecure {
+            // Always on record: in syslog even with --quiet, for whoever audits the host.
+            let w = "TLS certificate verification is disabled (--insecure)";
+            say(0, &format!("warning: {w}"));
+            crate::log::syslog(crate::log::Level::Warning, &format!("{label}: {w}"));
+        }
         if args.nice {
             lower_priority();
         }
@@ -243,7 +254,7 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
         Some(id) if http => format!("download of image {id}"),
         _ => format!("download of {}", a.store.endpoints[0]),
     };
-    let mut job = Job::start(&a.job, &a.sr_path, what.clone())?;
+    let mut job = Job::start(&a.job, &a.store, &a.sr_path, what.clone())?;
     if a.store.endpoints[0] == "-" {
         // Standard input cannot be read twice.
         job.policy.retries = 0;
@@ -333,7 +344,7 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
         (None, Some(name)) => format!("upload to a new image {name:?}"),
         _ => format!("upload to {}", a.store.endpoints[0]),
     };
-    let job = Job::start(&a.job, &a.sr_path, what.clone())?;
+    let job = Job::start(&a.job, &a.store, &a.sr_path, what.clone())?;
     // The image: given, or created once (retried like the upload, on the next endpoint).
     let image_id = match (&a.image_id, &a.name) {
         _ if !http => None,

@@ -7,7 +7,7 @@
 //! optional deadline.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
@@ -74,8 +74,9 @@ pub struct Glance {
 impl Glance {
     pub fn new(cfg: GlanceConfig) -> Result<Glance, StoreError> {
         if !(cfg.endpoint.starts_with("http://") || cfg.endpoint.starts_with("https://")) {
-            return Err(StoreError::Unsupported(cfg.endpoint.clone()));
+            return Err(StoreError::Unsupported(super::redact(&cfg.endpoint)));
         }
+        super::check_endpoint(&cfg.endpoint).map_err(StoreError::Config)?;
         for (k, v) in &cfg.headers {
             super::check_header(k, v).map_err(StoreError::Header)?;
         }
@@ -476,33 +477,18 @@ fn tls_config(cfg: &GlanceConfig) -> Result<TlsConfig, StoreError> {
         return Ok(TlsConfig::builder().disable_verification(true).build());
     }
     let mut certs: Vec<Certificate<'static>> = Vec::new();
-    let mut files: Vec<PathBuf> = SYSTEM_BUNDLES
-        .iter()
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-        .take(1)
-        .collect();
-    if let Some(ca) = &cfg.cacert {
-        files.push(ca.clone());
-    }
-    for f in &files {
-        let pem = std::fs::read(f).map_err(|source| StoreError::Open {
-            path: f.clone(),
-            source,
-        })?;
-        for item in ureq::tls::parse_pem(&pem) {
-            if let Ok(ureq::tls::PemItem::Certificate(c)) = item {
-                certs.push(c);
-            }
+    // The system bundle: its first file that exists, best effort (a dom0 without one
+    // still works with --cacert).
+    if let Some(bundle) = SYSTEM_BUNDLES.iter().map(Path::new).find(|p| p.exists()) {
+        if let Ok(pem) = std::fs::read(bundle) {
+            certs.extend(ureq::tls::parse_pem(&pem).filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            }));
         }
     }
     if let Some(ca) = &cfg.cacert {
-        if certs.is_empty() {
-            return Err(StoreError::Protocol(format!(
-                "{}: no PEM certificate in the CA file",
-                ca.display()
-            )));
-        }
+        certs.extend(load_cacert(ca).map_err(StoreError::Config)?);
     }
     let roots = if certs.is_empty() {
         RootCerts::WebPki
@@ -510,6 +496,40 @@ fn tls_config(cfg: &GlanceConfig) -> Result<TlsConfig, StoreError> {
         RootCerts::new_with_certs(&certs)
     };
     Ok(TlsConfig::builder().root_certs(roots).build())
+}
+
+/// The certificates of a CA file (`--cacert`, `OS_CACERT`): PEM, at least one
+/// certificate, and no private key — a key in a file meant to be shared says the wrong
+/// file was given. The error names the file and what is wrong, never its content.
+pub fn load_cacert(path: &Path) -> Result<Vec<Certificate<'static>>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("--cacert {}: cannot read the CA file: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(ureq::tls::PemItem::PrivateKey(_)) => {
+                return Err(format!(
+                    "--cacert {}: the file holds a private key; give the CA's certificate only",
+                    path.display()
+                ))
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(format!(
+                    "--cacert {}: not a PEM file (expected -----BEGIN CERTIFICATE-----)",
+                    path.display()
+                ))
+            }
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "--cacert {}: no PEM certificate in the CA file",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 #[cfg(test)]

@@ -16,8 +16,13 @@ use crate::error::{ErrorKind, Kind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The endpoint as [`redact`] shows it.
     #[error("endpoint {0:?}: expected http(s)://host[:port][/prefix], file:///path or -")]
     Unsupported(String),
+    /// The store's configuration (an endpoint with a password, a CA file without a
+    /// certificate): nothing was sent, and resending cannot help.
+    #[error("{0}")]
+    Config(String),
     #[error("{url}: HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
     Http {
         url: String,
@@ -131,6 +136,10 @@ impl Kind for StoreError {
                 status: 408 | 429, ..
             } => ErrorKind::Retryable,
             StoreError::Http { status, .. } if (400..500).contains(status) => ErrorKind::Permanent,
+            // A certificate that fails verification fails the same way next time.
+            StoreError::Transport { source, .. } if is_certificate_error(source) => {
+                ErrorKind::Permanent
+            }
             StoreError::Http { .. } | StoreError::Transport { .. } => ErrorKind::Retryable,
             StoreError::NoData(_) | StoreError::NotQueued { .. } => ErrorKind::Permanent,
             StoreError::Write { .. } => ErrorKind::Io,
@@ -139,22 +148,51 @@ impl Kind for StoreError {
             }
             StoreError::Open { .. } => ErrorKind::Io,
             StoreError::Checksum { .. } => ErrorKind::Retryable,
-            StoreError::Header(_) => ErrorKind::Permanent,
+            StoreError::Header(_) | StoreError::Config(_) => ErrorKind::Permanent,
         }
     }
 }
 
+/// Headers the HTTP layer owns: the message framing (`Content-Length`,
+/// `Transfer-Encoding`), the connection and the hop-by-hop headers of RFC 9110 §7.6.1,
+/// `Host`, and `Expect`. A second `Transfer-Encoding` or a wrong `Content-Length` from a
+/// caller would make the request ambiguous (two framings) or hang it.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+    "expect",
+];
+
 /// The one rule for a request header, whoever supplies it (`--header`, `--token`,
 /// `OS_AUTH_TOKEN`, the plugin's `extra_headers` and `auth_token`): a token name
-/// (letters, digits, `-`, `_`) and a value without CR, LF, NUL or other control
-/// characters but tab — anything else could end the header early and inject another.
+/// (letters, digits, `-`, `_`) that is not one the HTTP layer owns
+/// ([`RESERVED_HEADERS`]), and a value without CR, LF, NUL or other control characters
+/// but tab — anything else could end the header early and inject another. The error
+/// names the header, never its value (often a token).
 pub fn check_header(name: &str, value: &str) -> Result<(), String> {
     let name_ok = !name.is_empty()
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !name_ok {
-        return Err(format!("{name:?} is not a header name"));
+        return Err(format!(
+            "{:?} is not a header name",
+            crate::error::cap(name)
+        ));
+    }
+    if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "header {name} frames or routes the request and is set by glance-vhd itself; it cannot be given"
+        ));
     }
     if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         // The value itself is not echoed: it is often a token.
@@ -163,6 +201,47 @@ pub fn check_header(name: &str, value: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// An endpoint with its password (URL userinfo) replaced by `***`, for messages.
+pub fn redact(endpoint: &str) -> String {
+    let Some((scheme, rest)) = endpoint.split_once("://") else {
+        return endpoint.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => endpoint.to_string(),
+    }
+}
+
+/// The one rule for an endpoint, whoever supplies it (`--endpoint`, `OS_IMAGE_URL`, the
+/// plugin's `endpoint`): no user information (`user:password@`). Glance authenticates
+/// with Keystone tokens (`X-Auth-Token`), never with HTTP basic auth, so a password in
+/// the URL has no use here — and a URL is what every message, log line, `--json`
+/// summary and `ps` listing shows. Refused, with the password left out of the message.
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    if redact(endpoint) != endpoint {
+        return Err(format!(
+            "endpoint {:?}: a user name or password in the URL is not accepted (Glance takes a Keystone token: --token or OS_AUTH_TOKEN)",
+            crate::error::cap(&redact(endpoint))
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a transport error is a TLS certificate that failed verification (unknown
+/// issuer, wrong name, expired…): permanent, not a network hiccup.
+fn is_certificate_error(e: &ureq::Error) -> bool {
+    let tls = match e {
+        ureq::Error::Rustls(t) => Some(t),
+        ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(
+        tls,
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+    )
 }
 
 /// The one rule for an image property name (`--property`, the plugin's `properties`):
@@ -239,7 +318,7 @@ impl Location {
         }
         match endpoint.strip_prefix("file://") {
             Some(p) if p.starts_with('/') => Ok(Location::File(PathBuf::from(p))),
-            _ => Err(StoreError::Unsupported(endpoint.to_string())),
+            _ => Err(StoreError::Unsupported(redact(endpoint))),
         }
     }
 

@@ -198,10 +198,8 @@ fn check_one(
 /// `vhd_util_check_validate_footer`, in its order.
 fn footer_problem(f: &Footer, opts: CheckOptions) -> Option<String> {
     if &f.cookie != footer::COOKIE {
-        return Some(format!(
-            "invalid cookie {:?}",
-            String::from_utf8_lossy(&f.cookie)
-        ));
+        // The bytes are not quoted: a file that is not a VHD is not ours to print.
+        return Some("invalid cookie (not \"conectix\": not a VHD footer)".into());
     }
     if let Some(footer::FooterProblem::Checksum { computed }) = f.problem() {
         return Some(format!(
@@ -261,10 +259,7 @@ fn footer_problem(f: &Footer, opts: CheckOptions) -> Option<String> {
 /// `vhd_util_check_validate_header`, in its order.
 fn raw_header_problem(h: &Header, primary_at: u64) -> Option<String> {
     if h.cookie() != header::COOKIE {
-        return Some(format!(
-            "invalid cookie {:?}",
-            String::from_utf8_lossy(h.cookie())
-        ));
+        return Some("invalid cookie (not \"cxsparse\": not a VHD header)".into());
     }
     let computed = h.computed_checksum();
     if computed != h.checksum {

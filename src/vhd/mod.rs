@@ -218,11 +218,9 @@ impl Vhd {
         let h = Header::decode(&raw);
         // blktap `vhd_validate_header`, in its order.
         if h.cookie() != header::COOKIE {
-            return Err(self.invalid(
-                "header cookie",
-                String::from_utf8_lossy(h.cookie()).escape_debug(),
-                "must be \"cxsparse\"",
-            ));
+            // The bytes are not quoted: this is not a VHD header, and a file that is not
+            // a VHD may be anyone's (root reads it; its content is not ours to print).
+            return Err(self.invalid("header cookie", "(not shown)", "must be \"cxsparse\""));
         }
         if h.version != header::HEADER_VERSION {
             return Err(self.invalid(
@@ -453,7 +451,8 @@ fn footer_error(path: &Path, f: &Footer, problem: footer::FooterProblem) -> VhdE
         footer::FooterProblem::Cookie => VhdError::invalid(
             path,
             "footer cookie",
-            String::from_utf8_lossy(&f.cookie).escape_debug(),
+            // Not quoted: the file is not a VHD, and its content is not ours to print.
+            "(not shown)",
             "must be \"conectix\" (and the copy at offset 0 is no better)",
         ),
         footer::FooterProblem::Checksum { computed } => VhdError::invalid(

@@ -17,7 +17,7 @@ pub(crate) fn helper(name: &str) -> PathBuf {
 
 /// A copy of a shim as `make install` writes it, pointing at the binary under test,
 /// installed under `name` (glance, glance.py, kernel, kernel.py).
-fn install_shim(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn install_shim(dir: &Path, name: &str) -> PathBuf {
     install_shim_running(dir, name, helpers::bin().to_str().expect("utf-8 path"))
 }
 
@@ -75,7 +75,7 @@ pub(crate) fn success(v: &Value) -> &Value {
     &v["value"]
 }
 
-fn failure(v: &Value) -> Vec<String> {
+pub(crate) fn failure(v: &Value) -> Vec<String> {
     assert_eq!(v["status"], "Failure", "{v}");
     v["error"]
         .as_array()
@@ -281,7 +281,7 @@ fn diablo_upload_vhd_and_download_vhd() {
     assert!(g.dir.join("img-f").exists());
 }
 
-fn plugin_failure(shim: &Path, env: &Value, req: Value) -> Vec<String> {
+pub(crate) fn plugin_failure(shim: &Path, env: &Value, req: Value) -> Vec<String> {
     let mut req = req;
     req["shim"] = json!(shim);
     req["env"] = env.clone();

@@ -244,6 +244,7 @@ impl StoreArgs {
     }
 
     fn new(kw: &Kwargs, endpoint: String, api: Api) -> Result<StoreArgs> {
+        crate::store::check_endpoint(&endpoint).map_err(CallError::Argument)?;
         Ok(StoreArgs {
             endpoint,
             api,

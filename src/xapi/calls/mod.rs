@@ -33,7 +33,6 @@ use super::pickle::{self, PickleError, Py, Reply};
 use super::xenapi::XenApiError;
 use super::xmlrpc::XValue;
 use crate::error::{ErrorKind, Kind};
-use crate::sr::SrError;
 use crate::store::StoreError;
 use crate::transfer::TransferError;
 
@@ -49,8 +48,6 @@ pub enum CallError {
     Argument(String),
     #[error("params")]
     Pickle(#[source] PickleError),
-    #[error(transparent)]
-    Sr(#[from] SrError),
     #[error(transparent)]
     Transfer(#[from] TransferError),
     #[error(transparent)]
@@ -69,7 +66,6 @@ impl Kind for CallError {
             CallError::Missing(_) | CallError::Argument(_) | CallError::Pickle(_) => {
                 ErrorKind::InvalidInput
             }
-            CallError::Sr(e) => e.kind(),
             CallError::Transfer(e) => e.kind(),
             CallError::Store(e) => e.kind(),
             CallError::Kernel(e) => e.kind(),

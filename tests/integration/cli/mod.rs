@@ -437,20 +437,20 @@ fn plugin_stdout_stays_pure_xml_with_a_terminal() {
 }
 
 /// A datagram socket standing in for /dev/log.
-struct Syslog {
+pub(crate) struct Syslog {
     sock: UnixDatagram,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl Syslog {
-    fn bind(dir: &Path) -> Syslog {
+    pub(crate) fn bind(dir: &Path) -> Syslog {
         let path = dir.join("log.sock");
         let sock = UnixDatagram::bind(&path).unwrap();
         sock.set_nonblocking(true).unwrap();
         Syslog { sock, path }
     }
 
-    fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
         while let Ok(n) = self.sock.recv(&mut buf) {
