@@ -35,9 +35,10 @@ struct Summary {
 }
 
 impl Summary {
+    /// `attempts` were made on `store`'s endpoints in turn; the last one succeeded.
     fn new(
         image_id: Option<&str>,
-        endpoint: &str,
+        store: &StoreArgs,
         attempts: u32,
         stream: &Digests,
         took: Duration,
@@ -45,7 +46,7 @@ impl Summary {
         let seconds = took.as_secs_f64();
         Summary {
             image_id: image_id.map(str::to_string),
-            endpoint: endpoint.to_string(),
+            endpoint: store.endpoint(attempts.saturating_sub(1)).to_string(),
             attempts,
             bytes: stream.bytes,
             seconds: (seconds * 1000.0).round() / 1000.0,
@@ -280,7 +281,7 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
     let imp = &d.imported;
     let summary = Summary::new(
         a.image_id.as_deref().filter(|_| http),
-        a.store.endpoint(attempts.saturating_sub(1)),
+        &a.store,
         attempts,
         &d.stream,
         took,
@@ -392,7 +393,7 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
     }
     let summary = Summary::new(
         image_id.as_deref(),
-        a.store.endpoint(attempts.saturating_sub(1)),
+        &a.store,
         attempts,
         &up.stream,
         took,

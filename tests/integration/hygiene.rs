@@ -51,6 +51,20 @@ fn everything(o: &Output, syslog: &[String]) -> String {
     format!("{}\n{}\n{}", stdout(o), stderr(o), syslog.join("\n"))
 }
 
+/// The plugin's `download_vhd2` from `endpoint` into `sr`, as Nova calls it; it must
+/// fail: its `ErrorDescription`.
+fn plugin_download2(dir: &Path, endpoint: &str, sr: &str, extra_headers: Value) -> Vec<String> {
+    let shim = install_shim(dir, "glance");
+    plugin_failure(
+        &shim,
+        &json!({}),
+        json!({"fn": "download_vhd2", "kwargs": {
+            "image_id": "00000000-0000-4000-8000-000000000001", "endpoint": endpoint,
+            "uuid_stack": ["00000000-0000-4000-8000-0000000000a1"], "sr_path": sr,
+            "extra_headers": extra_headers, "api_version": 2}}),
+    )
+}
+
 fn download_args<'a>(endpoint: &'a str, sr: &'a str) -> Vec<&'a str> {
     vec![
         "download",
@@ -106,15 +120,7 @@ fn endpoint_passwords_reach_no_output() {
     assert_untouched(&listener);
 
     // The plugin: an ArgumentError without the password, in the reply and in its log.
-    let shim = install_shim(dir.path(), "glance");
-    let failure = plugin_failure(
-        &shim,
-        &json!({}),
-        json!({"fn": "download_vhd2", "kwargs": {
-            "image_id": "00000000-0000-4000-8000-000000000001", "endpoint": url,
-            "uuid_stack": ["00000000-0000-4000-8000-0000000000a1"], "sr_path": sr,
-            "extra_headers": {}, "api_version": 2}}),
-    );
+    let failure = plugin_download2(dir.path(), &url, sr, json!({}));
     assert_eq!(failure[2], "ArgumentError", "{failure:?}");
     assert!(!failure.join(" ").contains(PASSWORD), "{failure:?}");
     assert!(failure[3].contains("***@"), "{failure:?}");
@@ -227,15 +233,7 @@ fn a_certificate_that_fails_verification_is_permanent() {
     assert!(!stderr(&o).contains("retrying"), "{}", stderr(&o));
     assert!(t.elapsed().as_secs() < 5, "it waited to retry");
 
-    let shim = install_shim(dir.path(), "glance");
-    let failure = plugin_failure(
-        &shim,
-        &json!({}),
-        json!({"fn": "download_vhd2", "kwargs": {
-            "image_id": "00000000-0000-4000-8000-000000000001", "endpoint": url,
-            "uuid_stack": ["00000000-0000-4000-8000-0000000000a1"],
-            "sr_path": sr.to_str().unwrap(), "extra_headers": {}, "api_version": 2}}),
-    );
+    let failure = plugin_download2(dir.path(), &url, sr.to_str().unwrap(), json!({}));
     assert_eq!(failure[2], "PluginError", "{failure:?}");
 }
 
@@ -326,15 +324,11 @@ fn framing_headers_are_refused() {
         );
     }
     assert_untouched(&listener);
-    let shim = install_shim(dir.path(), "glance");
-    let failure = plugin_failure(
-        &shim,
-        &json!({}),
-        json!({"fn": "download_vhd2", "kwargs": {
-            "image_id": "00000000-0000-4000-8000-000000000001", "endpoint": url,
-            "uuid_stack": ["00000000-0000-4000-8000-0000000000a1"],
-            "sr_path": sr.to_str().unwrap(),
-            "extra_headers": {"Content-Length": "1000"}, "api_version": 2}}),
+    let failure = plugin_download2(
+        dir.path(),
+        &url,
+        sr.to_str().unwrap(),
+        json!({"Content-Length": "1000"}),
     );
     assert_eq!(failure[2], "ArgumentError", "{failure:?}");
     assert!(failure[3].contains("Content-Length"), "{failure:?}");
