@@ -221,8 +221,10 @@ pub fn link_chain(files: &[PathBuf]) -> Result<Chain, LinkError> {
 
 /// A file of the list as an error names it: its file name (the list is one directory).
 fn file_label(p: &std::path::Path) -> String {
-    p.file_name()
-        .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 #[cfg(test)]
