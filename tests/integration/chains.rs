@@ -266,13 +266,14 @@ fn a_tarball_that_grafts_a_child_onto_another_parent_is_refused_naming_both() {
     for (files, recorded, found) in cases {
         let tgz = dir.path().join("graft.tgz");
         helpers::gnu_tar(samples.path(), files, &tgz);
-        let stack: Vec<&str> = [u2, u1, u0][3 - files.len()..].to_vec();
-        let extra: Vec<&str> = stack.iter().flat_map(|u| ["--uuid", u]).collect();
+        // --uuid is leaf first.
+        let uuids = &[u0, u1, u2][..files.len()];
+        let extra: Vec<&str> = uuids.iter().flat_map(|u| ["--uuid", u]).collect();
         let o = helpers::download_file(dir.path(), &tgz, &sr, &dir.path().join("lock"), &extra);
         let err = helpers::stderr(&o);
         assert_eq!(o.status.code(), Some(3), "{files:?}: {err}");
         // Both members: the child by its member name and VDI, the parent by its VDI.
-        let (child, parent) = (stack[stack.len() - 1], stack[stack.len() - 2]);
+        let (child, parent) = (uuids[0], uuids[1]);
         for needle in [
             "image member 0.vhd",
             &format!("{child}.vhd"),
