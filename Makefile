@@ -89,6 +89,7 @@ fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh tar_unpack
 	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh xmlrpc_call
 	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh pickle_params
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh upload_list
 
 fmt:
 	cargo fmt

@@ -6,7 +6,8 @@
 #
 # Targets: vhd_open, vhd_relink (VHD read and write sides), tar_unpack (the image
 # tarball's member policy), xmlrpc_call (the plugin's XML-RPC call and XenAPI's
-# responses), pickle_params (the params pickle and the argument screening).
+# responses), pickle_params (the params pickle and the argument screening),
+# upload_list (an upload's VDI list checked as a chain).
 #
 # An empty corpus is seeded first: fuzz/seeds/<target>/ (small synthetic files; see
 # fuzz/seeds/make_seeds.py for the three plugin-side targets) plus, for the VHD targets,
@@ -20,7 +21,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-targets="vhd_open vhd_relink tar_unpack xmlrpc_call pickle_params"
+targets="vhd_open vhd_relink tar_unpack xmlrpc_call pickle_params upload_list"
 target=${1:?usage: run.sh ${targets// /|} [libFuzzer args…] | run.sh replay}
 shift
 seconds=${FUZZ_SECONDS:-60}
@@ -56,7 +57,7 @@ fi
 # The largest input: VHDs need room for a BAT and some blocks; the plugin's inputs are
 # small (xapi passes at most 128 KiB per argument).
 case $target in
-vhd_open | vhd_relink) max_len=8388608 ;;
+vhd_open | vhd_relink | upload_list) max_len=8388608 ;;
 tar_unpack) max_len=1048576 ;;
 xmlrpc_call | pickle_params) max_len=262144 ;;
 *)
@@ -78,7 +79,7 @@ mkdir -p "$corpus"
 if [ -z "$(ls -A "$corpus")" ]; then
     echo "seeding $corpus"
     cp "$here/seeds/$target"/* "$corpus"/
-    if [ "$target" != vhd_open ] && [ "$target" != vhd_relink ]; then
+    if [ "$target" != vhd_open ] && [ "$target" != vhd_relink ] && [ "$target" != upload_list ]; then
         : # seeds only
     elif [ -d "$samples" ]; then
         tmp=$(mktemp -d)
@@ -88,6 +89,19 @@ if [ -z "$(ls -A "$corpus")" ]; then
         done
         if [ "$target" = vhd_open ]; then
             cp "$tmp"/*.vhd "$corpus"/
+        elif [ "$target" = upload_list ]; then
+            # list-length byte, the list (indexes), then files: u32 length + bytes, the
+            # last one without a length.
+            list() { # out list-bytes files…
+                local out=$1 l=$2
+                shift 2
+                { printf "$l"; while [ $# -gt 1 ]; do le32 "$(stat -c %s "$tmp/$1")"; cat "$tmp/$1"; shift; done; cat "$tmp/$1"; } >"$corpus/$out"
+            }
+            list chain-of-3.bin '\x02\x00\x01\x02' grandchild.vhd child.vhd parent.vhd
+            list graft.bin '\x01\x00\x01' child.vhd parent2.vhd
+            list reversed.bin '\x01\x01\x00' child.vhd parent.vhd
+            list empty-child.bin '\x01\x00\x01' empty-child.vhd parent.vhd
+            list qemu.bin '\x01\x00\x01' tap-child-of-qemu.vhd qemu-parent.vhd
         else
             pair() { # child parent flags(0..3: bit1 raw, bit0 hidden) out
                 [ -e "$tmp/$1" ] && [ -e "$tmp/$2" ] || return 0

@@ -4,9 +4,9 @@
 //! with `tar -zc --directory=STAGING .`, readable by GNU tar and Python `tarfile` `r|gz`.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use super::pargz::ParGzWriter;
@@ -61,16 +61,35 @@ pub fn level(explicit: Option<u32>, properties: &[(String, String)]) -> (u32, Op
     }
 }
 
-/// Write the tarball of `members` (`(name in the tar, file)`, in order) into `out`.
-/// Returns `out` after the gzip trailer; on error the stream is left unfinished.
-pub fn pack<W: Write>(members: &[(String, PathBuf)], out: W, opts: PackOptions) -> io::Result<W> {
+/// One file to pack, already opened and checked by the caller, with what it must still
+/// be when it is read: the tar header promises `size` bytes, and a VHD read while it
+/// grows or while its footer is rewritten is torn (its checksums would match what was
+/// sent, so the store would take it as a good image).
+pub struct Member<'a> {
+    /// The name in the tar, without `./`.
+    pub name: &'a str,
+    /// For messages.
+    pub path: &'a Path,
+    /// Read from its start.
+    pub file: &'a File,
+    /// The size the caller checked: exactly this many bytes are packed, and the file
+    /// must still have this size once they are read.
+    pub size: u64,
+    /// The last bytes the caller checked (a VHD's primary footer): the bytes packed
+    /// must end with exactly these.
+    pub tail: &'a [u8],
+}
+
+/// Write the tarball of `members` (in order) into `out`. Returns `out` after the gzip
+/// trailer; on error the stream is left unfinished.
+pub fn pack<W: Write>(members: &[Member<'_>], out: W, opts: PackOptions) -> io::Result<W> {
     pack_with(members, out, opts, None)
 }
 
 /// [`pack`], counting the bytes read from the VHDs into `progress` (whose total is set
 /// to their sum) and naming the member being read.
 pub fn pack_with<W: Write>(
-    members: &[(String, PathBuf)],
+    members: &[Member<'_>],
     out: W,
     opts: PackOptions,
     progress: Option<Arc<Progress>>,
@@ -79,12 +98,13 @@ pub fn pack_with<W: Write>(
     // newest mtime. The ./ entry takes that mtime, not the clock (GNU tar would record
     // the staging directory's): the same chain then packs to the same bytes — the same
     // checksum in the store, and exact offsets for the fault suite.
-    let (total, newest) = members
-        .iter()
-        .filter_map(|(_, path)| std::fs::metadata(path).ok())
-        .fold((0u64, 0u64), |(t, n), m| {
-            (t.saturating_add(m.len()), n.max(m.mtime().max(0) as u64))
-        });
+    let mut total = 0u64;
+    let mut newest = 0u64;
+    for m in members {
+        let meta = m.file.metadata()?;
+        total = total.saturating_add(m.size);
+        newest = newest.max(meta.mtime().max(0) as u64);
+    }
     if let Some(p) = &progress {
         p.set_total(total);
     }
@@ -99,24 +119,30 @@ pub fn pack_with<W: Write>(
     set_name(&mut dir, "./")?;
     dir.set_cksum();
     tar.append(&dir, io::empty())?;
-    for (name, path) in members {
-        let file = File::open(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let meta = file.metadata()?;
+    for m in members {
+        let meta = m.file.metadata()?;
+        if meta.len() != m.size {
+            return Err(changed(m, &format!("is {} bytes now", meta.len())));
+        }
+        let mut file = m.file.try_clone()?;
+        // The caller's checks read with pread; the stream starts at byte 0 whatever
+        // the shared offset is.
+        file.seek(SeekFrom::Start(0))?;
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);
         h.set_mode(meta.mode() & 0o7777);
         h.set_mtime(meta.mtime().max(0) as u64);
         h.set_uid(meta.uid() as u64);
         h.set_gid(meta.gid() as u64);
-        h.set_size(meta.len());
-        set_name(&mut h, &format!("./{name}"))?;
+        h.set_size(m.size);
+        set_name(&mut h, &format!("./{}", m.name))?;
         h.set_cksum();
         if let Some(p) = &progress {
-            p.set_member(name);
+            p.set_member(m.name);
         }
-        // The size in the header is a promise: a file that changes length while we read
-        // it makes `append` fail rather than produce a corrupt archive.
+        // The size in the header is a promise: a file that changes length or footer
+        // while we read it makes `append` fail rather than produce a corrupt archive,
+        // and a failed producer leaves the stream without its end.
         tar.append(
             &h,
             Exact {
@@ -125,13 +151,28 @@ pub fn pack_with<W: Write>(
                     io::BufReader::with_capacity(1 << 20, DropBehind::new(file)),
                     progress.clone(),
                 ),
-                remaining: meta.len(),
-                path: path.clone(),
+                remaining: m.size,
+                seen: vec![0; m.tail.len()],
+                member: m,
+                checked: false,
             },
         )?;
     }
     let gz = tar.into_inner()?;
     gz.finish()
+}
+
+/// The error for a member that is not what its caller checked.
+fn changed(m: &Member<'_>, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{} changed while it was being read ({what}; {} bytes when the chain was checked): \
+             the upload is abandoned rather than sent torn",
+            m.path.display(),
+            m.size
+        ),
+    )
 }
 
 /// Member names are short (`./12.vhd`, `./image.vhd`): they go into the header's name
@@ -149,28 +190,74 @@ fn set_name(h: &mut tar::Header, name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Exactly `remaining` bytes of `inner`: more are not read, fewer are an error.
-struct Exact<R> {
+/// Exactly `member.size` bytes of `inner`: more are not read, fewer are an error, and
+/// at the end the file must still be that long and the last bytes read must be
+/// `member.tail`.
+struct Exact<'a, R> {
     inner: R,
     remaining: u64,
-    path: PathBuf,
+    member: &'a Member<'a>,
+    /// The bytes read at the offsets of `member.tail`.
+    seen: Vec<u8>,
+    checked: bool,
 }
 
-impl<R: io::Read> io::Read for Exact<R> {
+impl<R: io::Read> io::Read for Exact<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.remaining == 0 {
+            if !self.checked {
+                // tar reads to end-of-file before it pads the member: the checks come
+                // before anything after this member is written.
+                self.checked = true;
+                self.check_end()?;
+            }
             return Ok(0);
         }
-        let want = buf.len().min(self.remaining as usize);
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{} shrank while it was being read", self.path.display()),
+                format!(
+                    "{} shrank while it was being read",
+                    self.member.path.display()
+                ),
             ));
+        }
+        // Keep what lands on the tail's offsets: [size - tail, size).
+        let size = self.member.size;
+        let pos = size - self.remaining;
+        let tail_at = size - self.seen.len() as u64;
+        let end = pos + n as u64;
+        if end > tail_at {
+            let from = pos.max(tail_at);
+            let dst = (from - tail_at) as usize..(end - tail_at) as usize;
+            let src = (from - pos) as usize..n;
+            self.seen[dst].copy_from_slice(&buf[src]);
         }
         self.remaining -= n as u64;
         Ok(n)
+    }
+}
+
+impl<R> Exact<'_, R> {
+    fn check_end(&self) -> io::Result<()> {
+        let now = self.member.file.metadata()?.len();
+        if now != self.member.size {
+            return Err(changed(
+                self.member,
+                &format!("{now} bytes at the end of reading it"),
+            ));
+        }
+        if self.seen != self.member.tail {
+            return Err(changed(
+                self.member,
+                "its footer read in the stream is not the footer checked",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -340,6 +340,9 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
         Some(l) => ChainSpec::Leaf(l.to_string()),
         None => ChainSpec::Vdis(a.vdi.iter().map(|u| u.to_string()).collect()),
     };
+    // A list that is not a chain is refused before --create makes an image for it
+    // (each attempt checks again before it sends).
+    crate::sr::check_chain(&a.sr_path, &spec)?;
     let what = match (&a.image_id, &a.name) {
         (Some(id), _) if http => format!("upload to image {id}"),
         (None, Some(name)) => format!("upload to a new image {name:?}"),

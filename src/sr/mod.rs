@@ -14,7 +14,7 @@ mod export;
 mod lock;
 mod staging;
 
-pub use export::{export, ChainSpec, Exported};
+pub use export::{check_chain, export, ChainSpec, Exported, Member};
 pub use lock::{sm_lock_dir, JobLock, SrLock, SM_LOCK_DIR};
 pub use staging::{sweep, Staging, STAGING_PREFIX};
 

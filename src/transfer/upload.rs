@@ -1,8 +1,9 @@
 //! Upload: stage the chain (hard links), tar and gzip it on a producer thread (all
 //! cores) into a bounded pipe that the store reads while hashing, then compare the
-//! store's record with what was sent. If anything fails while streaming, the store gets
-//! a broken stream ([`crate::stream::PipeReader`] never fakes an end), never a short
-//! complete image.
+//! store's record with what was sent. If anything fails while streaming — a member that
+//! grows, shrinks or has its footer rewritten while it is read included — the store gets
+//! a broken stream ([`crate::stream::PipeReader`] never fakes an end), never a short or
+//! torn complete image.
 
 use std::io;
 use std::path::Path;
@@ -81,7 +82,7 @@ pub fn upload(
     Uploader::new(sr, spec, pack, transfer).attempt(target)
 }
 
-/// Stage, stream, verify. Also returns what the store read to its end, whatever the
+/// Check and stage the chain, prepare the store, stream, verify. Also returns what the store read to its end, whatever the
 /// outcome: if the answer was lost, the store may hold the complete image.
 fn send(
     sr: &Path,
@@ -90,23 +91,38 @@ fn send(
     pack: PackOptions,
     transfer: &Transfer,
 ) -> (Result<Uploaded>, Option<Uploaded>) {
-    if let Err(e) = target.prepare() {
-        return (Err(e.into()), None);
-    }
+    // The chain is checked (and staged) before the store hears of this attempt: a list
+    // that is not a chain sends nothing, not even the image's properties.
     let exported = match sr::export(sr, spec) {
         Ok(x) => x,
         Err(e) => return (Err(e.into()), None),
     };
+    if let Err(e) = target.prepare() {
+        return (Err(e.into()), None);
+    }
     let uploaded = |stream: Digests| Uploaded {
         uuids: exported.uuids.clone(),
-        members: exported.members.iter().map(|(n, _)| n.clone()).collect(),
+        members: exported.members.iter().map(|m| m.name.clone()).collect(),
         stream,
         completed_earlier: false,
     };
     let (writer, reader) = crate::stream::pipe(8);
     let fail_after = crate::testhooks::fail_upload_after();
+    // Each member as the SR checked it: the producer fails (and the store never sees
+    // the stream end) if one is not the same when it is read.
+    let members: Vec<pack::Member<'_>> = exported
+        .members
+        .iter()
+        .map(|m| pack::Member {
+            name: &m.name,
+            path: &m.path,
+            file: &m.file,
+            size: m.size,
+            tail: &m.tail,
+        })
+        .collect();
     let (sent, produced, handed_over) = std::thread::scope(|s| {
-        let members = &exported.members;
+        let members = &members;
         let producer = s.spawn(move || {
             let out = FailAfter {
                 inner: writer,

@@ -7,7 +7,10 @@
 //!
 //! 1. **roles**, before anything is written: at most [`MAX_IMAGE_CHAIN`] files, each a
 //!    VHD, the base not differencing (a base that claims a parent could reach another
-//!    VDI in the SR), every other file differencing;
+//!    VDI in the SR), every other file differencing, and each child's recorded parent
+//!    UUID the next file's own UUID (DESIGN §5 step 4: relinking overwrites that UUID,
+//!    so a child made on another base would otherwise read through a foreign parent —
+//!    a valid chain with different content);
 //! 2. **relink** each file to the next, exactly as [`relink::set_parent`] does (the
 //!    bytes of `vhd-util modify -p`), through the handles opened in step 1;
 //! 3. **check** every file as `vhd-util check` does (timestamps aside), still through
@@ -52,6 +55,16 @@ pub enum LinkCause {
     BaseHasParent,
     #[error("is a {} disk but has a parent in the image", disk_type.name())]
     NotDifferencing { disk_type: DiskType },
+    /// The child was made on another disk than the next file (index + 1) of the list.
+    #[error(
+        "records parent UUID {recorded}, but the next file in the image, {next}, has UUID \
+         {found}: a child is never grafted onto a parent it was not made from"
+    )]
+    ForeignParent {
+        recorded: uuid::Uuid,
+        next: String,
+        found: uuid::Uuid,
+    },
     /// The first rule `vhd-util check` finds broken.
     #[error("{problem}")]
     Check { problem: String },
@@ -143,6 +156,22 @@ pub fn link_chain(files: &[PathBuf]) -> Result<Chain, LinkError> {
         }
         vhds.push(v);
     }
+    // Every file is open: now each child against the next file. Step 2 overwrites the
+    // recorded parent UUID, so this is the last moment a graft can be seen.
+    for i in 0..base {
+        let recorded = vhds[i].header().expect("differencing disk").parent_uuid;
+        let found = vhds[i + 1].footer.uuid;
+        if recorded != found {
+            return Err(LinkError::new(
+                i,
+                LinkCause::ForeignParent {
+                    recorded: uuid::Uuid::from_bytes(recorded),
+                    next: file_label(&files[i + 1]),
+                    found: uuid::Uuid::from_bytes(found),
+                },
+            ));
+        }
+    }
 
     // 2. Relink, leaf first. The parent's ancestors need no loop walk here: the list is
     // the chain, every file in it distinct and the base without parent, and step 4
@@ -190,6 +219,14 @@ pub fn link_chain(files: &[PathBuf]) -> Result<Chain, LinkError> {
     Ok(chain)
 }
 
+/// A file of the list as an error names it: its file name (the list is one directory).
+fn file_label(p: &std::path::Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -216,12 +253,31 @@ mod tests {
         e
     }
 
+    /// Make `child` record `parent`'s UUID as its parent (header checksum fixed), as if
+    /// it had been made on it.
+    fn record_parent(child: &Path, parent: &Path) {
+        let p = Vhd::open(parent, OpenMode::READ).unwrap();
+        let c = Vhd::open(child, OpenMode::READ).unwrap();
+        let mut h = c.header().unwrap().clone();
+        let at = c.footer.data_offset as usize;
+        drop(c);
+        h.parent_uuid = p.footer.uuid;
+        let mut b = bytes(child);
+        b[at..at + crate::vhd::HEADER_SIZE].copy_from_slice(&h.encode());
+        std::fs::write(child, b).unwrap();
+    }
+
     #[test]
     fn relinks_byte_for_byte_as_vhd_util_modify() {
         let _t = turn();
         let d = tempfile::tempdir().unwrap();
         let child = unpack_as(d.path(), "child.vhd", "child.vhd");
         let parent = unpack_as(d.path(), "parent2.vhd", "parent2.vhd");
+        // child-relinked.vhd is `vhd-util modify -p parent2.vhd` of child.vhd, which was
+        // made on parent.vhd: linked as it is, that is a graft (refused below). Modify
+        // overwrites the recorded parent UUID, so a child that records parent2's UUID
+        // (and still points at parent.vhd) must come out as exactly the same bytes.
+        record_parent(&child, &parent);
         let want = bytes(&unpack_as(d.path(), "child-relinked.vhd", "want.vhd"));
         let chain = link_chain(&[child.clone(), parent.clone()]).unwrap();
         assert_eq!(chain.layers.len(), 2);
@@ -252,6 +308,35 @@ mod tests {
         assert_eq!(found[1..], want[1..]);
         let h = chain.leaf().header().unwrap();
         assert_eq!(h.parent_name_ascii().as_deref(), Some("b.vhd"));
+    }
+
+    #[test]
+    fn a_child_made_on_another_parent_is_refused_before_writing() {
+        let _t = turn();
+        let d = tempfile::tempdir().unwrap();
+        // child.vhd was made on parent.vhd; parent2.vhd is another disk.
+        let files = [
+            unpack_as(d.path(), "child.vhd", "0.vhd"),
+            unpack_as(d.path(), "parent2.vhd", "1.vhd"),
+        ];
+        let e = refused(&files);
+        assert_eq!(e.index, 0);
+        assert_eq!(
+            e.to_string(),
+            "records parent UUID 7c9fe95e-7c58-43ac-a789-6e5c8fdcc6d4, but the next file in \
+             the image, 1.vhd, has UUID 3ff96db3-f02c-434c-bd62-7702b5542fd3: a child is never \
+             grafted onto a parent it was not made from"
+        );
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        // The middle of a chain too: grandchild → parent skips child.
+        let files = [
+            unpack_as(d.path(), "grandchild.vhd", "a.vhd"),
+            unpack_as(d.path(), "empty-child.vhd", "b.vhd"),
+            unpack_as(d.path(), "parent.vhd", "c.vhd"),
+        ];
+        let e = refused(&files);
+        assert_eq!(e.index, 0);
+        assert!(e.to_string().contains("b.vhd, has UUID b1b42d11"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 mod helpers;
 
 mod architecture;
+mod chains;
 mod cli;
 mod corrupt;
 mod download;
