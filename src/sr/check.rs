@@ -168,11 +168,11 @@ mod tests {
         for bad in ["/", "relative", "/tmp/../tmp"] {
             assert!(check_sr_dir(Path::new(bad)).is_err(), "{bad}");
         }
-        assert!(check_sr_dir(&Path::new(u).to_path_buf()).is_err());
+        assert!(check_sr_dir(Path::new(u)).is_err());
         assert!(check_sr_dir(&sr.join("..").join(u)).is_err());
         let v = "1f8fad5b-d9cb-469f-a165-70867728950e".to_string();
         std::fs::write(sr.join(format!("{v}.vhd")), "").unwrap();
-        assert!(check_new_vdis(&sr, "x", &[v.clone()]).is_err());
+        assert!(check_new_vdis(&sr, "x", std::slice::from_ref(&v)).is_err());
         let w = "2f8fad5b-d9cb-469f-a165-70867728950e".to_string();
         assert!(check_new_vdis(&sr, "x", &[w.clone(), w.clone()]).is_err());
         assert!(check_new_vdis(&sr, "x", &[]).is_err());

@@ -67,7 +67,7 @@ impl Staging {
             .mode(0o700)
             .create(&path)
             .map_err(io_err(&path, "create the staging directory"))?;
-        let dir = File::open(&path).map_err(io_err(&path, "open the staging directory"));
+        let dir = open_dir(&path).map_err(io_err(&path, "open the staging directory"));
         let lock = dir.and_then(|d| {
             Flock::lock(d, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| SrError::Io {
                 path: path.clone(),
@@ -165,6 +165,16 @@ impl Drop for Staging {
     }
 }
 
+/// A directory opened as the directory it must be, never through a symlink put in its
+/// place (`O_DIRECTORY|O_NOFOLLOW`): for its `flock`.
+fn open_dir(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(path)
+}
+
 /// A signal's clean-up of the staging directory `staging` in `sr` (see the module
 /// docs): roll back a move in progress, then remove the directory. The import may still
 /// be writing into it until the process exits, so a removal that raced with a new file
@@ -232,7 +242,8 @@ pub fn sweep(sr: &Path, older_than: Duration, lock_dir: &Path) -> Result<Vec<Swe
             });
             continue;
         }
-        let Ok(dir) = File::open(&path) else { continue };
+        // Checked above with lstat; opened without following a link all the same.
+        let Ok(dir) = open_dir(&path) else { continue };
         match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
             Ok(_held) => {
                 let rolled_back = if path.join(JOURNAL).exists() {
