@@ -128,6 +128,7 @@ fn a_planted_symlink_as_the_job_lock_is_refused_and_its_target_untouched() {
 /// directory), owned by uid 65534, group-writable, world-writable (even sticky).
 fn bad_lock_dirs(base: &Path) -> Vec<(PathBuf, &'static str)> {
     let mut out = Vec::new();
+    std::fs::create_dir_all(base).unwrap();
     let real = base.join("real");
     std::fs::create_dir(&real).unwrap();
     chmod(&real, 0o755);
@@ -399,6 +400,8 @@ fn bad_cli_arguments_are_refused_before_any_request() {
             &url,
             "--image-id",
             "img",
+            "--api-version",
+            "1",
             "--no-lock",
             "--retries",
             "0",
