@@ -8,7 +8,8 @@
 //! * [`transfer`]: the download and upload engines both share;
 //! * [`bundle`] (the tarball), [`store`] (Glance and the local store), [`sr`] (the storage
 //!   repository): none of them knows the others;
-//! * [`vhd`] (the native VHD engine) and [`progress`];
+//! * [`vhd`] (the native VHD engine), [`progress`] and [`signals`] (SIGTERM/SIGINT
+//!   clean-up);
 //! * [`log`], [`stream`] (`std::io` adaptors), [`retry`];
 //! * [`error`] (the small error kind every module error maps to), [`testhooks`],
 //!   [`fsutil`].
@@ -20,6 +21,7 @@ pub mod fsutil;
 pub mod log;
 pub mod progress;
 pub mod retry;
+pub mod signals;
 pub mod sr;
 pub mod store;
 pub mod stream;

@@ -24,6 +24,7 @@ use libfuzzer_sys::fuzz_target;
 const LIMITS: Limits = Limits {
     free_space: 64 << 10,
     max_member: 32 << 10,
+    max_vhds: glance_vhd::bundle::MAX_FILES,
 };
 
 fn run(work: &Path, body: &[u8]) {

@@ -136,6 +136,10 @@ pub struct Limits {
     pub free_space: u64,
     /// The largest member accepted (VHD's 2040 GiB plus metadata by default).
     pub max_member: u64,
+    /// The most VHDs the caller can take ([`MAX_FILES`] at most): a download given
+    /// `uuid_stack` has one VDI UUID per VHD, so the member beyond them is refused
+    /// before a byte of it is written, not after the whole image is unpacked.
+    pub max_vhds: usize,
 }
 
 impl Default for Limits {
@@ -143,6 +147,7 @@ impl Default for Limits {
         Limits {
             free_space: u64::MAX,
             max_member: (2040 << 30) + (64 << 20),
+            max_vhds: MAX_FILES,
         }
     }
 }
@@ -320,9 +325,16 @@ pub fn unpack_with<R: Read>(
                     .map_err(stream_err(format!("reading member {display}")))?;
                 continue;
             }
-            if names.iter().filter(|n| *n != "swap.vhd").count() > MAX_FILES {
+            let vhds = names.iter().filter(|n| *n != "swap.vhd").count();
+            if vhds > MAX_FILES {
                 return Err(BundleError::Layout(format!(
                     "more than {MAX_FILES} VHDs in the image"
+                )));
+            }
+            if vhds > limits.max_vhds {
+                return Err(BundleError::Layout(format!(
+                    "member {display} is VHD number {vhds} of the image, but only {} VDI UUIDs were given",
+                    limits.max_vhds
                 )));
             }
             if size > limits.max_member {
@@ -556,6 +568,7 @@ mod tests {
     const SMALL: Limits = Limits {
         free_space: 64 << 10,
         max_member: 32 << 10,
+        max_vhds: MAX_FILES,
     };
 
     fn unpack_in(body: &[u8]) -> (Result<Unpacked>, tempfile::TempDir) {

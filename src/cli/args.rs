@@ -146,9 +146,10 @@ pub struct DownloadArgs {
     /// The SR directory (/var/run/sr-mount/<sr-uuid>)
     #[arg(long)]
     pub sr_path: PathBuf,
-    /// VDI UUIDs for 0.vhd, 1.vhd, … in this order (leaf first); generated if absent
-    #[arg(long = "uuid")]
-    pub uuids: Vec<uuid::Uuid>,
+    /// VDI UUIDs for 0.vhd, 1.vhd, … in this order (leaf first), lowercase and hyphenated
+    /// as XenServer writes them, none already in the SR; generated if absent
+    #[arg(long = "uuid", value_name = "UUID", value_parser = parse_vdi_uuid)]
+    pub uuids: Vec<String>,
     /// Directory of the storage manager's lock files (its SR lock is held while the
     /// chain moves into the SR)
     #[arg(long, default_value_os_t = crate::sr::sm_lock_dir())]
@@ -520,6 +521,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("{s:?} is not a size (e.g. 8M, 20G)"))?;
     n.checked_mul(mul)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A VDI UUID by the rule the plugin applies too ([`crate::sr::parse_vdi_uuid`]).
+fn parse_vdi_uuid(s: &str) -> Result<String, String> {
+    crate::sr::parse_vdi_uuid(s).map_err(|e| e.to_string())
 }
 
 /// A rate in bytes a second: a size (`50M`), not zero.

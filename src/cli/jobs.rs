@@ -251,6 +251,14 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
             "--image-id is required with an http(s) endpoint",
         ));
     }
+    // The SR and the UUIDs before the lock and the first request (exit 3).
+    crate::sr::check_sr_dir(&a.sr_path)?;
+    // The plugin's uuid_stack is popped from the end: leaf-first flags, reversed.
+    let uuid_stack: Option<Vec<String>> =
+        (!a.uuids.is_empty()).then(|| a.uuids.iter().rev().cloned().collect());
+    if let Some(stack) = &uuid_stack {
+        crate::sr::check_new_vdis(&a.sr_path, "--uuid", stack)?;
+    }
     let what = match &a.image_id {
         Some(id) if http => format!("download of image {id}"),
         _ => format!("download of {}", a.store.endpoints[0]),
@@ -262,9 +270,7 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
     }
     let opts = ImportOptions {
         sr_path: a.sr_path.clone(),
-        // The plugin's uuid_stack is popped from the end: leaf-first flags, reversed.
-        uuid_stack: (!a.uuids.is_empty())
-            .then(|| a.uuids.iter().rev().map(|u| u.to_string()).collect()),
+        uuid_stack,
         lock_dir: a.lock_dir.clone(),
         transfer: job.transfer(&a.job),
     };
@@ -348,6 +354,7 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
         (None, Some(name)) => format!("upload to a new image {name:?}"),
         _ => format!("upload to {}", a.store.endpoints[0]),
     };
+    crate::sr::check_sr_dir(&a.sr_path)?;
     let job = Job::start(&a.job, &a.store, &a.sr_path, what.clone())?;
     // The image: given, or created once (retried like the upload, on the next endpoint).
     let image_id = match (&a.image_id, &a.name) {
@@ -423,6 +430,7 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
 
 /// Remove staging directories left by killed processes.
 pub fn sweep(a: &SweepArgs) -> Result<ExitCode, CliError> {
+    crate::sr::check_sr_dir(&a.sr_path)?;
     let swept = crate::sr::sweep(&a.sr_path, Duration::from_secs(a.older_than), &a.lock_dir)?;
     if a.json {
         output::json(&serde_json::json!({ "swept": swept }));

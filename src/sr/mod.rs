@@ -10,10 +10,12 @@
 //! holding the SR lock that `SR.scan` takes. Nothing reaches the SR before the whole
 //! chain is valid; the staging directory is removed on every path.
 
+mod check;
 mod export;
 mod lock;
 mod staging;
 
+pub use check::{check_new_vdis, check_sr_dir, is_canonical_uuid, parse_vdi_uuid, sr_uuid};
 pub use export::{check_chain, export, ChainSpec, Exported, Member};
 pub use lock::{sm_lock_dir, JobLock, SrLock, SM_LOCK_DIR};
 pub use staging::{sweep, Staging, STAGING_PREFIX};
@@ -53,6 +55,9 @@ pub enum SrError {
     Exists { path: PathBuf },
     #[error("{} is held by another run ({holder}); not waiting longer", path.display())]
     Locked { path: PathBuf, holder: String },
+    /// A lock path another user could have planted or could replace (DESIGN §10).
+    #[error("{}: {rule}; refusing to use it", path.display())]
+    Unsafe { path: PathBuf, rule: String },
 }
 
 impl Kind for SrError {
@@ -63,6 +68,8 @@ impl Kind for SrError {
             SrError::Chain { .. } | SrError::Args(_) => ErrorKind::InvalidInput,
             SrError::Io { .. } | SrError::Exists { .. } => ErrorKind::Io,
             SrError::Locked { .. } => ErrorKind::Locked,
+            // The host's set-up, not the call: retrying cannot help until an admin looks.
+            SrError::Unsafe { .. } => ErrorKind::Permanent,
         }
     }
 }
@@ -102,15 +109,10 @@ pub struct Import {
 }
 
 impl Import {
-    /// Check that `sr` is a directory and create a staging directory in it.
+    /// Check that `sr` is an SR directory ([`check_sr_dir`]) and create a staging
+    /// directory in it.
     pub fn begin(sr: &Path) -> Result<Import> {
-        let meta = std::fs::metadata(sr).map_err(io_err(sr, "open the SR directory"))?;
-        if !meta.is_dir() {
-            return Err(SrError::Args(format!(
-                "{} is not a directory",
-                sr.display()
-            )));
-        }
+        check_sr_dir(sr)?;
         Ok(Import {
             sr: sr.to_path_buf(),
             staging: Staging::create(sr)?,
@@ -147,9 +149,8 @@ impl Import {
         let mut named = Vec::with_capacity(n);
         for f in files {
             let u = stack.pop().expect("length checked");
-            let u = uuid::Uuid::parse_str(&u)
-                .map_err(|_| SrError::Args(format!("{u:?} is not a UUID")))?
-                .to_string();
+            // Checked up front too ([`check_new_vdis`]); here for callers that did not.
+            let u = parse_vdi_uuid(&u)?;
             if uuids.contains(&u) {
                 return Err(SrError::Args(format!("UUID {u} given twice")));
             }

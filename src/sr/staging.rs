@@ -14,6 +14,16 @@
 //!   staging file (a hard link we made — never anyone else's file), so the half-moved
 //!   chain disappears as if the import had never run. The caller was never told of
 //!   those VDIs, so rolling back (not forward) is right.
+//!
+//! SIGTERM and SIGINT ([`crate::signals`]) are handled as an error: every live staging
+//! directory registers a clean-up that removes it, after rolling back a move in
+//! progress exactly as `sweep` would. Each link into the SR is one
+//! [`crate::signals::critical`] step with the journal already on disk, so the roll-back
+//! sees whole links only. Rolled back, not let finish: the caller is never told of a
+//! chain whose run was killed, so finishing would leave VDIs nobody knows of. The SM
+//! lock is ours for the whole move (fcntl locks belong to the process, so the signal
+//! thread holds it too; it must not open and close the lock file itself, which would
+//! drop the process's lock). Once the journal is gone the move is complete and stays.
 
 use std::fs::File;
 use std::io::Write;
@@ -37,16 +47,27 @@ const JOURNAL: &str = "publish.journal";
 pub struct Staging {
     path: PathBuf,
     _lock: Flock<File>,
+    /// Dropped after [`Drop::drop`] removed the directory (fields drop after it).
+    _on_signal: crate::signals::OnSignal,
 }
 
 impl Staging {
+    /// A new staging directory in `sr`. `mkdir` of a fresh random name: it fails rather
+    /// than follow anything already there, and the SR directory is root's (so are the
+    /// names in it: only root could have planted one).
     pub fn create(sr: &Path) -> Result<Staging> {
         let path = sr.join(format!("{STAGING_PREFIX}{}", uuid::Uuid::new_v4()));
+        // Registered before the directory exists: a signal between the two finds
+        // nothing to remove, never a directory nobody will.
+        let on_signal = {
+            let (path, sr) = (path.clone(), sr.to_path_buf());
+            crate::signals::on_signal(move || abandon(&path, &sr))
+        };
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
             .map_err(io_err(&path, "create the staging directory"))?;
-        let dir = File::open(&path).map_err(io_err(&path, "open the staging directory"));
+        let dir = open_dir(&path).map_err(io_err(&path, "open the staging directory"));
         let lock = dir.and_then(|d| {
             Flock::lock(d, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| SrError::Io {
                 path: path.clone(),
@@ -55,7 +76,11 @@ impl Staging {
             })
         });
         match lock {
-            Ok(l) => Ok(Staging { path, _lock: l }),
+            Ok(l) => Ok(Staging {
+                path,
+                _lock: l,
+                _on_signal: on_signal,
+            }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&path);
                 Err(e)
@@ -85,10 +110,14 @@ impl Staging {
                 .map_err(io_err(f, "set the mode"))?;
             let to = sr.join(name);
             crate::testhooks::pause("move", done.len());
-            if let Err(e) = std::fs::hard_link(f, &to) {
-                for p in &done {
-                    let _ = std::fs::remove_file(p);
-                }
+            let linked = crate::signals::critical(|| {
+                std::fs::hard_link(f, &to).inspect_err(|_| {
+                    for p in &done {
+                        let _ = std::fs::remove_file(p);
+                    }
+                })
+            });
+            if let Err(e) = linked {
                 return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
                     SrError::Exists { path: to }
                 } else {
@@ -106,7 +135,8 @@ impl Staging {
         }
         // Every link is durable: the move is complete and must not be rolled back.
         let journal = self.path.join(JOURNAL);
-        std::fs::remove_file(&journal).map_err(io_err(&journal, "remove"))?;
+        crate::signals::critical(|| std::fs::remove_file(&journal))
+            .map_err(io_err(&journal, "remove"))?;
         done.reverse();
         Ok(done)
     }
@@ -132,6 +162,32 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A directory opened as the directory it must be, never through a symlink put in its
+/// place (`O_DIRECTORY|O_NOFOLLOW`): for its `flock`.
+fn open_dir(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// A signal's clean-up of the staging directory `staging` in `sr` (see the module
+/// docs): roll back a move in progress, then remove the directory. The import may still
+/// be writing into it until the process exits, so a removal that raced with a new file
+/// is tried again.
+fn abandon(staging: &Path, sr: &Path) {
+    if staging.join(JOURNAL).exists() {
+        let _ = roll_back(staging, sr);
+    }
+    for _ in 0..10 {
+        match std::fs::remove_dir_all(staging) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => continue,
+            _ => break,
+        }
     }
 }
 
@@ -186,7 +242,8 @@ pub fn sweep(sr: &Path, older_than: Duration, lock_dir: &Path) -> Result<Vec<Swe
             });
             continue;
         }
-        let Ok(dir) = File::open(&path) else { continue };
+        // Checked above with lstat; opened without following a link all the same.
+        let Ok(dir) = open_dir(&path) else { continue };
         match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
             Ok(_held) => {
                 let rolled_back = if path.join(JOURNAL).exists() {
@@ -252,11 +309,23 @@ fn roll_back(staging: &Path, sr: &Path) -> Result<Vec<PathBuf>> {
 mod tests {
     use super::*;
 
+    struct SrDir(PathBuf);
+
+    impl SrDir {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
     /// A killed move leaves a journal; sweep removes exactly our links, never a file of
     /// the same name that is not ours, and nothing the journal does not name.
     #[test]
     fn roll_back_removes_only_our_links() {
-        let sr = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let sr = dir.path().join("0f8fad5b-d9cb-469f-a165-70867728950e");
+        std::fs::create_dir(&sr).unwrap();
+        // The SM lock is found by the SR's UUID: the SR is named by one.
+        let sr = SrDir(sr);
         let lock_dir = tempfile::tempdir().unwrap();
         let staging = sr.path().join(format!("{STAGING_PREFIX}dead"));
         std::fs::create_dir(&staging).unwrap();

@@ -516,9 +516,11 @@ fn copy_large(from: &mut dyn Read, to: &mut dyn io::Write) -> io::Result<u64> {
 
 /// Write `body` to `path` atomically ([`crate::fsutil::write_atomically`]: a temporary
 /// name beside it, fsync, rename, fsync the directory): a reader of `path` sees the old
-/// file or the whole new one.
+/// file or the whole new one. Mode 0600: the file is a whole VM disk, for root's eyes
+/// only (an admin who wants to share it can chmod it; one who did not want to cannot
+/// take back what another user already read).
 fn write_atomically(path: &std::path::Path, body: &mut dyn Read) -> Result<(), StoreError> {
-    crate::fsutil::write_atomically::<io::Error>(path, 0o666, |f| copy_large(body, f).map(drop))
+    crate::fsutil::write_atomically::<io::Error>(path, 0o600, |f| copy_large(body, f).map(drop))
         .map_err(|source| StoreError::Write {
             path: path.to_path_buf(),
             source,

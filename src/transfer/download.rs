@@ -35,15 +35,26 @@ pub struct Downloaded {
 /// body arrived, hashes to what the store declares, and links into a valid chain; on
 /// every error the staging directory goes and the SR is as it was.
 pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
+    // The arguments, the SR and its staging directory before the first request: a bad
+    // `sr_path` or UUID is refused without the store seeing us (DESIGN §10).
+    if let Some(stack) = &opts.uuid_stack {
+        sr::check_sr_dir(&opts.sr_path)?;
+        sr::check_new_vdis(&opts.sr_path, "uuid_stack", stack)?;
+    }
+    let import = sr::Import::begin(&opts.sr_path)?;
     let (body, expected) = source.open()?;
     if let (Some(p), Some(size)) = (&opts.transfer.progress, expected.size) {
         p.set_total(size);
     }
     // The network read and both hashes run on their own thread, ahead of the inflate.
     let mut body = Prefetch::new(HashingReader::new(opts.transfer.wrap(body)));
-    let import = sr::Import::begin(&opts.sr_path)?;
     let limits = Limits {
         free_space: import.free_space()?,
+        // One UUID per VHD: the member beyond them is refused before it is written.
+        max_vhds: opts
+            .uuid_stack
+            .as_ref()
+            .map_or(bundle::MAX_FILES, |s| s.len().min(bundle::MAX_FILES)),
         ..Limits::default()
     };
     let unpacked = bundle::unpack_with(

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["error", "testhooks", "fsutil"],
     &["log", "stream", "retry"],
-    &["progress", "vhd"],
+    &["progress", "vhd", "signals"],
     &["bundle", "store", "sr"],
     &["transfer"],
     &["xapi", "cli"],

@@ -17,6 +17,7 @@ mod drift;
 mod faults;
 mod fuzz_fixtures;
 mod glance_v2;
+mod hardening;
 mod hygiene;
 mod link_errors;
 mod peers;

@@ -260,14 +260,12 @@ impl StoreArgs {
     }
 }
 
+/// `sr_path`, by the SR rule both front ends share ([`crate::sr::check_sr_dir`]: an
+/// absolute path to an existing directory named by the SR's UUID), checked when the
+/// params are read — before any request.
 fn sr_path(kw: &Kwargs) -> Result<PathBuf> {
     let p = PathBuf::from(kw.string("sr_path")?);
-    if !p.is_absolute() {
-        return Err(CallError::Argument(format!(
-            "sr_path {} is not absolute",
-            p.display()
-        )));
-    }
+    crate::sr::check_sr_dir(&p).map_err(|e| CallError::Argument(format!("sr_path: {e}")))?;
     Ok(p)
 }
 
@@ -298,10 +296,18 @@ impl DownloadArgs {
     }
 
     fn with(kw: &Kwargs, endpoint: String, api: Api) -> Result<DownloadArgs> {
+        let store = StoreArgs::new(kw, endpoint, api)?;
+        let uuid_stack = kw.strings("uuid_stack")?;
+        let sr_path = sr_path(kw)?;
+        // Form, duplicates, VDIs already in the SR: before any request. Too few for the
+        // image is known once its members are: the unpacker refuses the member beyond
+        // the stack before writing it.
+        crate::sr::check_new_vdis(&sr_path, "uuid_stack", &uuid_stack)
+            .map_err(|e| CallError::Argument(e.to_string()))?;
         Ok(DownloadArgs {
-            store: StoreArgs::new(kw, endpoint, api)?,
-            sr_path: sr_path(kw)?,
-            uuid_stack: kw.strings("uuid_stack")?,
+            store,
+            sr_path,
+            uuid_stack,
         })
     }
 

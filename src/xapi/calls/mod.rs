@@ -309,13 +309,21 @@ mod tests {
     #[test]
     fn arguments_are_checked_without_running() {
         let s = |v: &str| Py::Str(v.into());
+        // An SR as the rule wants one: an existing directory named by a UUID.
+        let dir = tempfile::tempdir().unwrap();
+        let sr = dir.path().join("0f8fad5b-d9cb-469f-a165-70867728950e");
+        std::fs::create_dir(&sr).unwrap();
+        let sr = sr.to_str().unwrap().to_string();
+        let vdi = "1f8fad5b-d9cb-469f-a165-70867728950e";
         let kwargs = |extra: Vec<(Py, Py)>| {
             let mut kw = vec![
                 (s("image_id"), s("img")),
                 (s("endpoint"), s("http://glance:9292")),
-                (s("uuid_stack"), Py::List(vec![s("u-1")])),
-                (s("sr_path"), s("/sr")),
+                (s("uuid_stack"), Py::List(vec![s(vdi)])),
+                (s("sr_path"), s(&sr)),
             ];
+            // An extra argument replaces the default of that name.
+            kw.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
             kw.extend(extra);
             Py::Dict(vec![(s("kwargs"), Py::Dict(kw))])
         };
@@ -330,6 +338,17 @@ mod tests {
         assert!(matches!(
             check_params("download_vhd2", &bad),
             Some(Err(CallError::Argument(m))) if m.contains("extra_headers")
+        ));
+        // Not a UUID, and an SR that is not one: refused while reading the params.
+        let bad = kwargs(vec![(s("uuid_stack"), Py::List(vec![s("u-1")]))]);
+        assert!(matches!(
+            check_params("download_vhd2", &bad),
+            Some(Err(CallError::Argument(m))) if m.contains("uuid_stack[0]")
+        ));
+        let bad = kwargs(vec![(s("sr_path"), s("/sr"))]);
+        assert!(matches!(
+            check_params("download_vhd2", &bad),
+            Some(Err(CallError::Argument(m))) if m.contains("sr_path")
         ));
         assert!(matches!(
             check_params("upload_vhd2", &kwargs(vec![])),
