@@ -24,7 +24,7 @@ pub mod link;
 pub mod locator;
 pub mod relink;
 #[cfg(test)]
-mod test_samples;
+pub(crate) mod test_samples;
 
 use std::fs::{File, OpenOptions};
 use std::io;
