@@ -9,6 +9,7 @@
 mod helpers;
 
 mod architecture;
+mod bomb;
 mod cli;
 mod corrupt;
 mod download;
