@@ -6,6 +6,10 @@
 //! `*.vhd` of any name; `swap.vhd` is skipped; `./` prefixes and `.`/`./` directory
 //! entries are allowed. Everything else is **rejected** with the member's name: a
 //! skipped member could be an attack or a sign of an image we would import wrongly.
+//!
+//! A member's declared size must fit the SR's free space, and, for a dynamic or
+//! differencing VHD, the size its first KiBs allow (`vhd::size_bound`): a gzip bomb is
+//! refused before it is written. Zero runs are written as holes (`stream::Writeback`).
 
 pub mod pack;
 pub mod pargz;
