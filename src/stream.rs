@@ -5,7 +5,8 @@
 //!   using two of them is what makes a download faster than `tar -zx`).
 //! * [`Writeback`]: a file writer that pushes dirty pages to disk as it goes and drops
 //!   them from the page cache behind itself, so a multi-GiB import neither floods dom0's
-//!   small page cache nor ends in one long fsync.
+//!   small page cache nor ends in one long fsync; runs of zeros become holes, so a disk
+//!   full of zeros (a fixed VHD, or a bomb) takes no room in the SR.
 //! * [`DropBehind`]: a file reader that drops what it has read from the page cache, so
 //!   an upload of a multi-GiB VHD does not evict dom0's working set.
 //! * [`pipe`]: a bounded pipe from a producer thread (tar + gzip) to the consumer (the
@@ -132,8 +133,16 @@ impl<R: Read + Send + 'static> Read for Prefetch<R> {
 /// Bytes of dirty data per writeback window.
 const WINDOW: u64 = 16 << 20;
 
-/// A file writer that starts writeback of each 16 MiB window as soon as it is written,
-/// waits for the previous window and drops it from the page cache. `finish` fsyncs.
+/// Granularity of holes: a page, and the block size of the file systems SRs use (ext3/4,
+/// XFS, NFS servers' too). An aligned chunk of this many zero bytes is not written.
+const HOLE: u64 = 4 << 10;
+
+/// A writer into a new, empty file that starts writeback of each 16 MiB window as soon as
+/// it is written, waits for the previous window and drops it from the page cache;
+/// `finish` fsyncs. 4 KiB chunks of zeros (aligned in the file) are skipped, not written, so
+/// they stay holes (a sparse file) and take no room in the SR; `finish` sets the length.
+/// A VHD gives no meaning to where its zeros are stored, and every reader (tapdisk, our
+/// `vhd` module, `cp`) reads a hole as zeros.
 pub struct Writeback {
     file: File,
     written: u64,
@@ -144,6 +153,7 @@ pub struct Writeback {
 }
 
 impl Writeback {
+    /// `file` must be empty (just created): what is skipped reads as zeros only there.
     pub fn new(file: File) -> Writeback {
         Writeback {
             file,
@@ -192,20 +202,64 @@ impl Writeback {
         self.started = self.written;
     }
 
-    /// fsync, drop the rest from the page cache, and give the file back.
+    /// Set the length (a file ending in zeros ends in a hole), fsync, drop the rest from
+    /// the page cache, and give the file back.
     pub fn finish(self) -> io::Result<File> {
+        self.file.set_len(self.written)?;
         self.file.sync_all()?;
         let _ = posix_fadvise(&self.file, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
         Ok(self.file)
     }
+
+    /// Write `buf` at the current position, leaving its zero chunks (cut at the [`HOLE`]
+    /// boundaries of the file) unwritten: the runs of data between them go out in one
+    /// `pwrite` each.
+    fn write_sparse(&mut self, buf: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut run: Option<usize> = None; // start in `buf` of the data not yet written
+        let mut i = 0usize;
+        while i < buf.len() {
+            let pos = self.written + i as u64;
+            // To the next HOLE boundary of the file, or the end of `buf`.
+            let to_boundary = (HOLE - pos % HOLE) as usize;
+            let end = buf.len().min(i + to_boundary);
+            let chunk = &buf[i..end];
+            // A partial chunk (at either end of `buf`) of zeros is skipped too: the file
+            // is new, so what is not written reads as zeros, and the next `write` may
+            // finish the chunk with more zeros. Writing it would allocate its block.
+            if is_zero(chunk) {
+                if let Some(r) = run.take() {
+                    self.file
+                        .write_all_at(&buf[r..i], self.written + r as u64)?;
+                }
+            } else if run.is_none() {
+                run = Some(i);
+            }
+            i = end;
+        }
+        if let Some(r) = run {
+            self.file.write_all_at(&buf[r..], self.written + r as u64)?;
+        }
+        Ok(())
+    }
+}
+
+/// All bytes zero. Word at a time: data chunks usually differ in their first word, and
+/// zero chunks are read at memory speed.
+fn is_zero(b: &[u8]) -> bool {
+    let (words, rest) = b.split_at(b.len() / 8 * 8);
+    words
+        .chunks_exact(8)
+        .all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
+        && rest.iter().all(|&x| x == 0)
 }
 
 impl Write for Writeback {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.written += n as u64;
+        self.write_sparse(buf)?;
+        self.written += buf.len() as u64;
         self.push();
-        Ok(n)
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -279,6 +333,43 @@ mod tests {
         }
         w.finish().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 40 << 20);
+    }
+
+    #[test]
+    fn writeback_leaves_zero_chunks_as_holes_and_reads_back_the_same() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        // 64 MiB of zeros with data scattered in it, some of it inside otherwise-zero
+        // 4 KiB chunks and across chunk edges, written in odd-sized pieces; ends in zeros.
+        let mut data = vec![0u8; 64 << 20];
+        for (i, at) in [0usize, 4095, 4096 * 3 + 17, 1 << 20, (40 << 20) + 4094]
+            .into_iter()
+            .enumerate()
+        {
+            data[at] = i as u8 + 1;
+            data[at + 1] = 0xff;
+        }
+        data[(8 << 20)..(9 << 20)].fill(0x5a);
+        let path = dir.path().join("f");
+        let mut w = Writeback::new(File::create(&path).unwrap());
+        for piece in data.chunks(1000 * 7 + 3) {
+            w.write_all(piece).unwrap();
+        }
+        w.finish().unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), 64 << 20);
+        assert!(std::fs::read(&path).unwrap() == data, "content differs");
+        // The 1 MiB of data and a few chunks around the single bytes: nowhere near 64 MiB
+        // (tmpfs and ext4 both count 512-byte blocks).
+        let used = meta.blocks() * 512;
+        assert!(used < 2 << 20, "{used} bytes allocated");
+        // All zeros: a file of the right length and no data.
+        let path = dir.path().join("z");
+        let mut w = Writeback::new(File::create(&path).unwrap());
+        w.write_all(&vec![0u8; 10 << 20]).unwrap();
+        w.finish().unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.len(), meta.blocks()), (10 << 20, 0));
     }
 }
 

@@ -1,4 +1,5 @@
-//! Fuzz the read side: open, `check -p`, `info`, and reads through the chain.
+//! Fuzz the read side: open, `check -p`, `info`, and reads through the chain; and the
+//! size bound an import takes from a file's first bytes (`vhd::size_bound`).
 //!
 //! The input is one VHD file, written to `input.vhd` in a per-process directory on
 //! /dev/shm next to the unpacked sample parents (so corpus children resolve their
@@ -15,13 +16,27 @@ use std::path::Path;
 use glance_vhd::vhd::chain::Chain;
 use glance_vhd::vhd::check::{check, CheckOptions};
 use glance_vhd::vhd::info::info;
-use glance_vhd::vhd::{OpenMode, Vhd};
+use glance_vhd::vhd::bound::MAX_PREFIX;
+use glance_vhd::vhd::{size_bound, OpenMode, SizeBound, Vhd};
 use libfuzzer_sys::fuzz_target;
 
 /// Bytes read at each end of the virtual disk: bounded whatever the virtual size.
 const READ_LEN: u64 = 64 * 1024;
 
+/// As an import asks: the first bytes, more as asked, until it decides.
+fn bound(path: &Path, data: &[u8]) {
+    let mut have = 0;
+    while let Ok(SizeBound::Need(n)) = size_bound(path, &data[..have]) {
+        assert!(n > have && n <= MAX_PREFIX, "asked for {n} bytes with {have}");
+        if n > data.len() {
+            return;
+        }
+        have = n;
+    }
+}
+
 fn run(path: &Path, data: &[u8]) {
+    bound(path, data);
     if std::fs::write(path, data).is_err() {
         return;
     }

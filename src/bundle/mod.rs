@@ -6,6 +6,10 @@
 //! `*.vhd` of any name; `swap.vhd` is skipped; `./` prefixes and `.`/`./` directory
 //! entries are allowed. Everything else is **rejected** with the member's name: a
 //! skipped member could be an attack or a sign of an image we would import wrongly.
+//!
+//! A member's declared size must fit the SR's free space, and, for a dynamic or
+//! differencing VHD, the size its first KiBs allow (`vhd::size_bound`): a gzip bomb is
+//! refused before it is written. Zero runs are written as holes (`stream::Writeback`).
 
 pub mod pack;
 pub mod pargz;
@@ -21,6 +25,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::error::{ErrorKind, Kind};
 use crate::progress::Progress;
 use crate::stream::Writeback;
+use crate::vhd::{self, SizeBound};
 
 /// At most this many VHDs in one image: the chain limit, checked here before unpacking
 /// more.
@@ -361,6 +366,10 @@ pub fn unpack_with<R: Read>(
                     rule: format!("mtime {mtime} is beyond any time a file can have"),
                 });
             };
+            // A dynamic or differencing VHD says in its first KiBs how large it can be:
+            // a declared size beyond that is refused before a byte is written.
+            let prefix = vhd_prefix(&mut entry, size, &display)?;
+            let prefix_len = prefix.len() as u64;
             free -= size;
             let path = dest.join(&name);
             let out = OpenOptions::new()
@@ -374,7 +383,13 @@ pub fn unpack_with<R: Read>(
                     source: e,
                 })?;
             let mut out = Writeback::new(out);
-            let n = copy_member(&mut entry, &mut out, &path, &display)?;
+            out.write_all(&prefix).map_err(|e| BundleError::Io {
+                path: path.clone(),
+                op: "write",
+                source: e,
+            })?;
+            drop(prefix);
+            let n = copy_member(&mut entry, &mut out, &path, &display)?.saturating_add(prefix_len);
             if n != size {
                 return Err(BundleError::Member {
                     name: display,
@@ -468,6 +483,63 @@ fn meta_err(e: io::Error, from: u64) -> BundleError {
     BundleError::Stream {
         what: "reading a tar header".into(),
         source: e,
+    }
+}
+
+/// The first bytes of a member, as many as [`vhd::size_bound`] asks for (a few KiB for
+/// the files tools write, never more than [`vhd::bound::MAX_PREFIX`] nor than the
+/// member), read before anything is written. Refuses the member when those bytes break
+/// a rule of the VHD format, or when its declared `size` is more than they allow: a
+/// gzip bomb (a valid-looking header, then gigabytes of one byte) is refused before it
+/// takes any room in the SR. A member these bytes cannot bound (a fixed disk, whose
+/// only footer is at its end) is written and checked whole afterwards.
+fn vhd_prefix(entry: &mut impl Read, size: u64, name: &str) -> Result<Vec<u8>> {
+    let mut prefix = Vec::new();
+    let mut need = vhd::FOOTER_SIZE;
+    loop {
+        // `need` is at most MAX_PREFIX, and no more than the member is read.
+        let want = usize::try_from(size).map_or(need, |s| s.min(need));
+        let from = prefix.len();
+        prefix.resize(want.max(from), 0);
+        let mut filled = from;
+        while filled < prefix.len() {
+            match entry.read(&mut prefix[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(stream_err(format!("reading member {name}"))(e)),
+            }
+        }
+        prefix.truncate(filled);
+        if prefix.len() < need {
+            // A member shorter than its metadata (or a cut stream, which the copy
+            // reports): it is that short anyway, and the VHD check after it decides.
+            return Ok(prefix);
+        }
+        let refuse = |rule: String| BundleError::Member {
+            name: name.to_string(),
+            rule,
+        };
+        match vhd::size_bound(Path::new(name), &prefix) {
+            Ok(SizeBound::Need(n)) if n > prefix.len() => need = n,
+            Ok(SizeBound::AtMost(max)) if size > max => {
+                return Err(refuse(format!(
+                    "declared {size} bytes, but this VHD's footer copy, header and BAT allow \
+                     at most {max} (the end of its last block or metadata area, {} bytes of \
+                     slack and the footer): refused before writing it",
+                    vhd::bound::MAX_SLACK
+                )))
+            }
+            Ok(_) => return Ok(prefix),
+            Err(vhd::VhdError::Invalid {
+                field, value, rule, ..
+            }) => {
+                return Err(refuse(format!(
+                    "not a valid VHD: {field} = {value}: {rule}"
+                )))
+            }
+            Err(e) => return Err(refuse(format!("not a valid VHD: {e}"))),
+        }
     }
 }
 
@@ -647,5 +719,52 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn tar_of(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+        gzip(&b.into_inner().unwrap())
+    }
+
+    #[test]
+    fn a_member_larger_than_its_vhd_metadata_allows_is_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let vhd = crate::vhd::test_samples::unpack_as(dir.path(), "child.vhd", "c.vhd");
+        let sample = std::fs::read(vhd).unwrap();
+        let slack = crate::vhd::bound::MAX_SLACK as usize;
+        // Up to the bound (the sample, then the slack a writer may leave): written.
+        let mut at_bound = sample.clone();
+        at_bound.resize(sample.len() + slack, 0);
+        let d = tempfile::tempdir().unwrap();
+        let u = unpack(&tar_of("0.vhd", &at_bound)[..], d.path(), Limits::default()).unwrap();
+        assert_eq!(u.bytes, at_bound.len() as u64);
+        // One sector more: refused, nothing written.
+        at_bound.resize(sample.len() + slack + 512, 0);
+        let d = tempfile::tempdir().unwrap();
+        match unpack(&tar_of("0.vhd", &at_bound)[..], d.path(), Limits::default()) {
+            Err(BundleError::Member { name, rule }) => {
+                assert_eq!(name, "0.vhd");
+                let max = sample.len() + slack;
+                assert!(rule.contains(&format!("at most {max}")), "{rule}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        // A footer copy that promises a dynamic header, and garbage where it should be.
+        let mut broken = sample.clone();
+        broken[512..1536].fill(0x5a);
+        let d = tempfile::tempdir().unwrap();
+        match unpack(&tar_of("0.vhd", &broken)[..], d.path(), Limits::default()) {
+            Err(BundleError::Member { rule, .. }) => {
+                assert!(rule.contains("not a valid VHD: header cookie"), "{rule}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 }

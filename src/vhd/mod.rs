@@ -11,6 +11,7 @@
 //! of files made into one validated chain, as an image import needs).
 
 mod batmap;
+pub mod bound;
 mod bytes;
 pub mod chain;
 pub mod check;
@@ -23,7 +24,7 @@ pub mod link;
 pub mod locator;
 pub mod relink;
 #[cfg(test)]
-mod test_samples;
+pub(crate) mod test_samples;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -31,6 +32,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub use batmap::Batmap;
+pub use bound::{size_bound, SizeBound};
 pub use error::{Result, VhdError};
 pub use footer::{DiskType, Footer, FOOTER_SIZE};
 pub use header::{Header, Locator, HEADER_SIZE};

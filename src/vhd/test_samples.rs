@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-fn samples_dir() -> PathBuf {
+pub fn samples_dir() -> PathBuf {
     let p = std::env::var_os("GLANCE_VHD_SAMPLES")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vhd-samples"));

@@ -9,6 +9,7 @@
 mod helpers;
 
 mod architecture;
+mod bomb;
 mod chains;
 mod cli;
 mod corrupt;
