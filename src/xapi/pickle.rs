@@ -13,9 +13,11 @@
 //! unquoted text and refuses `\'`, which Python 2 writes for a string holding both quote
 //! characters. Sharing through the memo is expanded on conversion (serde-pickle visits an
 //! entry at most as often as the stream references it, so never exponentially); every
-//! byte is charged against a budget, and nesting is capped. Decoding runs on a thread with a large stack
-//! so a deeply nested hostile pickle (whose values are dropped recursively) cannot
-//! overflow it.
+//! byte is charged against a budget. The screen also bounds what serde-pickle would
+//! build: at most 16 levels of nesting and 1024 marks (`MAX_DEPTH`, `MAX_MARKS`), so any
+//! params that fit in one argv string decode, or are refused, in a few MiB (issue 12:
+//! 128 KiB of `MARK`s once took 301 MiB). Decoding runs on a thread of our own with a
+//! stack sized for that depth.
 //!
 //! Out: the replies are what Python 2's `pickle.dumps(obj)` (protocol 0) writes —
 //! `(dp0\nS'root'\np1\n…ss.` and `N.` — ASCII only, so xapi's handling of the string
