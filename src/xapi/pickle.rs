@@ -13,9 +13,11 @@
 //! unquoted text and refuses `\'`, which Python 2 writes for a string holding both quote
 //! characters. Sharing through the memo is expanded on conversion (serde-pickle visits an
 //! entry at most as often as the stream references it, so never exponentially); every
-//! byte is charged against a budget, and nesting is capped. Decoding runs on a thread with a large stack
-//! so a deeply nested hostile pickle (whose values are dropped recursively) cannot
-//! overflow it.
+//! byte is charged against a budget. The screen also bounds what serde-pickle would
+//! build: at most 16 levels of nesting and 1024 marks (`MAX_DEPTH`, `MAX_MARKS`), so any
+//! params that fit in one argv string decode, or are refused, in a few MiB (issue 12:
+//! 128 KiB of `MARK`s once took 301 MiB). Decoding runs on a thread of our own with a
+//! stack sized for that depth.
 //!
 //! Out: the replies are what Python 2's `pickle.dumps(obj)` (protocol 0) writes —
 //! `(dp0\nS'root'\np1\n…ss.` and `N.` — ASCII only, so xapi's handling of the string
@@ -28,13 +30,21 @@ use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 /// Larger than any real params (xapi limits an argument to 128 KiB).
 pub const MAX_PICKLE: usize = 256 << 10;
-/// Deeper than any params of this protocol (`kwargs` → `extra_headers` → value).
+/// Deeper than any params of this protocol (`kwargs` → `extra_headers` → value): the
+/// most container levels a value may have, and so the most marks open at once.
 const MAX_DEPTH: usize = 16;
+/// `MARK`s in one pickle. serde-pickle gives each a 128-slot vector (5 KiB) that the
+/// container built from it keeps, so this bounds that cost at 5 MiB. Python's pickler
+/// writes one per container in protocol 0 and one per tuple of more than three items,
+/// or per batch of up to 1000 items, in protocol 2: Nova's params hold a few dozen.
+const MAX_MARKS: usize = 1024;
 /// Bytes the decoded value may take, counting memo sharing expanded.
 const BUDGET: usize = 4 << 20;
-/// The decoding thread's stack: dropping the tree of a pickle nested as deep as
-/// [`MAX_PICKLE`] allows recurses once per level.
-const STACK: usize = 256 << 20;
+/// The decoding thread's stack. The screen bounds nesting at [`MAX_DEPTH`], so
+/// decoding, conversion and dropping recurse at most that deep: the unit tests' deepest
+/// pickles need between 64 and 128 KiB in a debug build. A thread of our own makes the
+/// size ours, not the caller's rlimit; only the pages touched count in RSS.
+const STACK: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PickleError {
@@ -52,6 +62,8 @@ pub enum PickleError {
     Decode(#[from] serde_pickle::Error),
     #[error("the pickle nests deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    #[error("the pickle has more than {MAX_MARKS} MARK opcodes")]
+    TooManyMarks,
     #[error("the pickle expands beyond {BUDGET} bytes")]
     TooBig,
     #[error("integer {0} out of range")]
@@ -227,16 +239,59 @@ fn opcode(op: u8) -> Result<(Arg, Effect), &'static str> {
     })
 }
 
+/// A value on the screen's stack: how it nests, and whether it is a memo reference.
+#[derive(Clone, Copy)]
+struct Slot {
+    /// Container levels in the value (0 for a scalar, 1 for a flat container).
+    height: usize,
+    /// The memo id, when the slot is a memo reference.
+    memo: Option<u32>,
+}
+
+/// A memo id as serde-pickle reads it: a `PUT`/`GET` line (ASCII decimal, a trailing
+/// `\r` dropped), or the little-endian bytes of the binary forms.
+fn memo_id(op: u8, arg: &[u8]) -> Option<u32> {
+    match op {
+        b'p' | b'g' => {
+            let line = arg.strip_suffix(b"\n")?;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            std::str::from_utf8(line).ok()?.parse().ok()
+        }
+        b'q' | b'h' => Some(u32::from(arg[0])),
+        b'r' | b'j' => Some(u32::from_le_bytes(arg.try_into().ok()?)),
+        _ => None,
+    }
+}
+
 /// Walk the opcodes: only plain-data opcodes, arguments inside the input, one `STOP` at
 /// the very end, and no memo store of a memo reference (each would be a deep copy).
+/// Nesting is counted here, before serde-pickle allocates anything: its value tree is
+/// dropped recursively (a stack frame per level), and each `MARK` costs it a fresh
+/// 128-slot vector (5 KiB) that the container built from it keeps — so 128 KiB of
+/// `(` or `(t` once took 300 MiB. A value nested deeper than [`MAX_DEPTH`], more than
+/// [`MAX_DEPTH`] open marks, or more than [`MAX_MARKS`] marks in all are refused.
 /// Returns the pickle to decode: `data` with each `STRING` turned into a `BINSTRING`.
 fn screen(data: &[u8]) -> Result<Vec<u8>, PickleError> {
     let mut out = Vec::with_capacity(data.len());
-    // Per stack slot: is it a memo reference? Marks split the stack as in the VM.
-    let mut stack: Vec<bool> = Vec::new();
+    // The VM's stack as far as nesting goes; marks split it as in the VM.
+    let mut stack: Vec<Slot> = Vec::new();
     let mut marks: Vec<usize> = Vec::new();
+    let mut mark_count = 0usize;
+    // The height of each memo entry, updated when it is filled through a reference
+    // (Python's pickler stores a container, then appends to it). A container that took
+    // a reference before it grew is not revisited: conversion's own depth cap holds
+    // there, and serde-pickle's tree keeps such references as leaves.
+    let mut memo: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
     let mut pos = 0usize;
     let malformed = |m: String| PickleError::Malformed(m);
+    let nest = |h: usize| {
+        if h > MAX_DEPTH {
+            Err(PickleError::TooDeep)
+        } else {
+            Ok(h)
+        }
+    };
+    let tallest = |s: &[Slot]| s.iter().map(|s| s.height).max().unwrap_or(0);
     while pos < data.len() {
         let at = pos;
         let op = data[pos];
@@ -285,28 +340,71 @@ fn screen(data: &[u8]) -> Result<Vec<u8>, PickleError> {
         }
         let underflow = || malformed(format!("stack underflow at byte {at}"));
         let base = marks.last().copied().unwrap_or(0);
+        let id = || {
+            memo_id(op, &data[at + 1..pos])
+                .ok_or_else(|| malformed(format!("invalid memo id at byte {at}")))
+        };
         match effect {
-            Effect::Push => stack.push(false),
-            Effect::Get => stack.push(true),
-            Effect::Put => match (stack.len() > base, stack.last_mut()) {
-                (_, Some(top)) if *top => {
+            Effect::Push => {
+                let empty_container = matches!(op, b'}' | b']' | b')' | 0x8f);
+                stack.push(Slot {
+                    height: usize::from(empty_container),
+                    memo: None,
+                });
+            }
+            Effect::Get => {
+                let id = id()?;
+                let height = *memo.get(&id).ok_or_else(|| {
+                    malformed(format!("memo id {id} at byte {at} was never stored"))
+                })?;
+                stack.push(Slot {
+                    height,
+                    memo: Some(id),
+                });
+            }
+            Effect::Put => {
+                if stack.len() <= base {
+                    return Err(underflow());
+                }
+                let top = stack.last_mut().ok_or_else(underflow)?;
+                if top.memo.is_some() {
                     return Err(PickleError::Refused {
                         opcode: op as char,
                         pos: at,
                         why: "a memo store of a memo reference copies the value",
-                    })
+                    });
                 }
-                (true, Some(top)) => *top = true,
-                _ => return Err(underflow()),
-            },
-            Effect::Mark => marks.push(stack.len()),
+                // MEMOIZE stores under the memo's size, as serde-pickle and Python do.
+                let id = match op {
+                    0x94 => u32::try_from(memo.len()).map_err(|_| underflow())?,
+                    _ => id()?,
+                };
+                memo.insert(id, top.height);
+                top.memo = Some(id);
+            }
+            Effect::Mark => {
+                // Every open mark becomes a level of the value once closed.
+                if marks.len() >= MAX_DEPTH {
+                    return Err(PickleError::TooDeep);
+                }
+                mark_count += 1;
+                if mark_count > MAX_MARKS {
+                    return Err(PickleError::TooManyMarks);
+                }
+                marks.push(stack.len());
+            }
             Effect::Build | Effect::Extend => {
                 let m = marks.pop().ok_or_else(underflow)?;
+                let height = nest(1 + tallest(&stack[m..]))?;
                 stack.truncate(m);
                 if matches!(effect, Effect::Build) {
-                    stack.push(false);
-                } else if stack.is_empty() {
-                    return Err(underflow());
+                    stack.push(Slot { height, memo: None });
+                } else {
+                    // The container sits just below the mark, inside the enclosing one.
+                    if m <= marks.last().copied().unwrap_or(0) {
+                        return Err(underflow());
+                    }
+                    grow(&mut stack[m - 1], height, &mut memo);
                 }
             }
             Effect::Pop(n) | Effect::Tuple(n) => {
@@ -315,9 +413,12 @@ fn screen(data: &[u8]) -> Result<Vec<u8>, PickleError> {
                 if stack.len() < base + n + keep {
                     return Err(underflow());
                 }
-                stack.truncate(stack.len() - n);
-                if matches!(effect, Effect::Tuple(_)) {
-                    stack.push(false);
+                let top = stack.len() - n;
+                let height = nest(1 + tallest(&stack[top..]))?;
+                stack.truncate(top);
+                match effect {
+                    Effect::Tuple(_) => stack.push(Slot { height, memo: None }),
+                    _ => grow(&mut stack[top - 1], height, &mut memo),
                 }
             }
             Effect::Nothing => {}
@@ -333,6 +434,15 @@ fn screen(data: &[u8]) -> Result<Vec<u8>, PickleError> {
         }
     }
     Err(malformed("no STOP opcode".into()))
+}
+
+/// A container filled in place now holds values of `height` - 1 levels: it, and the
+/// memo entry it refers to, are at least `height` tall.
+fn grow(container: &mut Slot, height: usize, memo: &mut std::collections::HashMap<u32, usize>) {
+    container.height = container.height.max(height);
+    if let Some(entry) = container.memo.and_then(|id| memo.get_mut(&id)) {
+        *entry = (*entry).max(height);
+    }
 }
 
 /// A protocol-0 `STRING` argument (the line without its newline) as Python reads it:
@@ -711,5 +821,117 @@ mod tests {
         deep.extend(std::iter::repeat_n(b'a', n - 1));
         deep.push(b'.');
         assert!(matches!(decode(&deep), Err(PickleError::TooDeep)));
+    }
+
+    /// `head`, `open` × n, `close` × n, `tail`.
+    fn nested(head: &[u8], open: &[u8], n: usize, close: &[u8], tail: &[u8]) -> Vec<u8> {
+        let mut p = head.to_vec();
+        p.extend(open.repeat(n));
+        p.extend(close.repeat(n));
+        p.extend_from_slice(tail);
+        p
+    }
+
+    #[test]
+    fn nesting_is_refused_by_the_screen_before_decoding() {
+        // Each shape at MAX_DEPTH levels decodes; one more is refused by the screen,
+        // before serde-pickle allocates anything.
+        // (head, open, close, tail, levels the head already holds)
+        type Shape<'a> = (&'a [u8], &'a [u8], &'a [u8], &'a [u8], usize);
+        let shapes: [Shape; 6] = [
+            // Protocol 0 tuples: a mark open per level.
+            (b"", b"(", b"t", b".", 0),
+            // Protocol 0 lists and dicts as Python 2 writes them.
+            (b"(lp0\n", b"(l", b"a", b".", 1),
+            (b"(dp0\n", b"S'k'\n(d", b"s", b".", 1),
+            // Protocol 2: empty lists appended, dicts set, TUPLE1 around None.
+            (b"\x80\x02]", b"]", b"a", b".", 1),
+            (b"\x80\x02}", b"K\x00}", b"s", b".", 1),
+            (b"\x80\x02N", b"\x85", b"", b".", 0),
+        ];
+        for (head, open, close, tail, levels_in_head) in shapes {
+            let n = MAX_DEPTH - levels_in_head;
+            let ok = nested(head, open, n, close, tail);
+            decode(&ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+            let deep = nested(head, open, n + 1, close, tail);
+            assert!(
+                matches!(screen(&deep), Err(PickleError::TooDeep)),
+                "{deep:?}"
+            );
+            assert_eq!(
+                decode(&deep).unwrap_err().to_string(),
+                "the pickle nests deeper than 16 levels"
+            );
+        }
+        // Protocol 2 lists filled through APPENDS: the mark above each list counts.
+        let ok = nested(b"\x80\x02", b"](", MAX_DEPTH, b"e", b".");
+        decode(&ok).unwrap();
+        let deep = nested(b"\x80\x02", b"](", MAX_DEPTH + 1, b"e", b".");
+        assert!(matches!(screen(&deep), Err(PickleError::TooDeep)));
+        // Marks left open are refused as soon as there are too many, whatever follows.
+        let open = nested(b"", b"(", 100_000, b"", b"N.");
+        assert!(matches!(screen(&open), Err(PickleError::TooDeep)));
+    }
+
+    #[test]
+    fn filling_through_the_memo_counts() {
+        // Python writes a container, stores it, then fills it through the stack top,
+        // which is then a memo reference: the entry's height follows, so a reference
+        // taken afterwards carries it. Memo 0 is a list stored empty and then given an
+        // empty list (2 levels); a nest of lists holds a reference to it, and a tuple
+        // holds both.
+        let wrapped = |n: usize| {
+            let mut p = b"\x80\x02]q\x00]a".to_vec();
+            p.extend(b"]".repeat(n));
+            p.extend(b"h\x00");
+            p.extend(b"a".repeat(n));
+            p.extend(b"\x86.");
+            p
+        };
+        let ok = wrapped(MAX_DEPTH - 3);
+        decode(&ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        assert!(matches!(
+            screen(&wrapped(MAX_DEPTH - 2)),
+            Err(PickleError::TooDeep)
+        ));
+        // Lists linked through references after they were taken: the screen does not
+        // see the chain (serde-pickle keeps references as leaves, so nothing deep is
+        // built), and conversion's own cap refuses it.
+        let n = 200u32;
+        let mut chain = b"\x80\x02(".to_vec();
+        for i in 0..n {
+            chain.extend(b"]r");
+            chain.extend(i.to_le_bytes());
+        }
+        for i in 0..n - 1 {
+            chain.push(b'j');
+            chain.extend(i.to_le_bytes());
+            chain.push(b'j');
+            chain.extend((i + 1).to_le_bytes());
+            chain.push(b'a');
+        }
+        chain.extend(b"l.");
+        assert!(screen(&chain).is_ok());
+        assert!(matches!(decode(&chain), Err(PickleError::TooDeep)));
+        // A reference to an id never stored is refused by the screen.
+        assert!(
+            matches!(screen(b"g7\n."), Err(PickleError::Malformed(m)) if m.contains("never stored"))
+        );
+    }
+
+    #[test]
+    fn marks_are_counted() {
+        // Python 2's protocol 0 writes a mark per container: MAX_MARKS of them decode.
+        let ok = nested(b"(", b"(t", MAX_MARKS - 1, b"", b"l.");
+        assert_eq!(
+            decode(&ok).unwrap(),
+            Py::List(vec![Py::List(vec![]); MAX_MARKS - 1])
+        );
+        let many = nested(b"(", b"(t", MAX_MARKS, b"", b"l.");
+        assert!(matches!(screen(&many), Err(PickleError::TooManyMarks)));
+        assert_eq!(
+            decode(&many).unwrap_err().to_string(),
+            "the pickle has more than 1024 MARK opcodes"
+        );
     }
 }

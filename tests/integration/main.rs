@@ -24,6 +24,7 @@ mod link_errors;
 mod peers;
 mod plugin;
 mod plugin_kernel_fsync;
+mod plugin_memory;
 mod relink_io;
 mod samples;
 mod store_v1;
