@@ -401,13 +401,7 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
             ),
         );
     }
-    let summary = Summary::new(
-        image_id.as_deref(),
-        &a.store,
-        attempts,
-        &up.stream,
-        took,
-    );
+    let summary = Summary::new(image_id.as_deref(), &a.store, attempts, &up.stream, took);
     summary.say(&format!(
         "{what}: {} (leaf {})",
         vhds(up.uuids.len()),
