@@ -89,13 +89,32 @@ pub struct Vhd {
 
 impl Vhd {
     pub fn open(path: &Path, mode: OpenMode) -> Result<Vhd> {
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        // O_NONBLOCK: a FIFO planted where a VHD (or a parent a locator names) should be
+        // would block open(2) until a writer came; now it opens at once and is refused
+        // below. The flag changes nothing for files and block devices, and is cleared.
         let file = OpenOptions::new()
             .read(true)
             .write(mode.write)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| VhdError::io(path, "open", e))?;
         let meta = file.metadata().map_err(|e| VhdError::io(path, "stat", e))?;
-        let file_size = if meta.file_type().is_file() {
+        let kind = meta.file_type();
+        // Files, and block devices (VHDs on the LVs of an LVM SR).
+        if !kind.is_file() && !kind.is_block_device() {
+            return Err(VhdError::Refused {
+                path: path.to_path_buf(),
+                what: "is not a regular file or a block device (a FIFO, socket, directory or character device)".into(),
+                errno: error::EINVAL,
+            });
+        }
+        nix::fcntl::fcntl(
+            &file,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        )
+        .map_err(|e| VhdError::io(path, "clear O_NONBLOCK", e.into()))?;
+        let file_size = if kind.is_file() {
             meta.len()
         } else {
             block_device_size(&file).map_err(|e| VhdError::io(path, "size the device", e))?

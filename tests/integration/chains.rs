@@ -427,27 +427,7 @@ fn a_fifo_given_as_a_vdi_is_refused_at_once() {
             s.sr.to_str().unwrap().into(),
         ];
         args.extend(how.iter().map(|a| a.to_string()));
-        let mut child = Command::new(helpers::bin())
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let t0 = Instant::now();
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if t0.elapsed() > Duration::from_secs(5) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{how:?}: still blocked after 5 s (opening the FIFO)");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let took = t0.elapsed();
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        let (status, err, took) = run_bounded(&args);
         assert_eq!(status.code(), Some(3), "{how:?}: {err}");
         assert!(err.contains("is a FIFO"), "{how:?}: {err}");
         assert!(
@@ -456,5 +436,75 @@ fn a_fifo_given_as_a_vdi_is_refused_at_once() {
         );
         assert!(!out.exists());
     }
+    s.no_staging_left();
+}
+
+/// Run the binary with `args`, killing it (and failing) if it is still running after
+/// 5 s — as it would be, blocked in open(2) on a FIFO. Its status, stderr and run time.
+fn run_bounded(args: &[String]) -> (std::process::ExitStatus, String, Duration) {
+    let mut child = Command::new(helpers::bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?}: still blocked after 5 s (opening a FIFO)");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = t0.elapsed();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (status, err, took)
+}
+
+/// The `--leaf` walk follows parent locators: a FIFO planted where the parent should be
+/// is refused at once, not waited on (it hung in open(2) before), by the upload and by
+/// the VHD tools that read through the chain.
+#[test]
+fn a_fifo_where_a_parent_should_be_is_refused_at_once() {
+    let s = Sr::with_chains();
+    // UUIDS[0] is the leaf, UUIDS[1] its parent: the parent becomes a FIFO.
+    let parent = s.vdi(UUIDS[1]);
+    std::fs::remove_file(&parent).unwrap();
+    nix::unistd::mkfifo(&parent, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let out = s.dir.path().join("fifo-parent.tgz");
+    let leaf = s.vdi(UUIDS[0]);
+    let leaf = leaf.to_str().unwrap();
+    for args in [
+        vec![
+            "upload".to_string(),
+            "--endpoint".into(),
+            format!("file://{}", out.display()),
+            "--sr-path".into(),
+            s.sr.to_str().unwrap().into(),
+            "--leaf".into(),
+            UUIDS[0].into(),
+        ],
+        vec![
+            "vhd".into(),
+            "check".into(),
+            "--parents".into(),
+            leaf.into(),
+        ],
+        vec!["vhd".into(), "read".into(), leaf.into(), "/dev/null".into()],
+        vec!["vhd".into(), "info".into(), parent.to_str().unwrap().into()],
+    ] {
+        let (status, err, took) = run_bounded(&args);
+        assert!(!status.success(), "{args:?}: {err}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{args:?}: refused after {took:?}"
+        );
+    }
+    assert!(!out.exists());
     s.no_staging_left();
 }
