@@ -40,9 +40,7 @@ use std::path::Path;
 use super::bytes::{be_u32, be_u64};
 use super::footer::{Footer, FOOTER_SIZE};
 use super::header::{self, Header, HEADER_SIZE};
-use super::{
-    batmap, Result, VhdError, BAT_UNUSED, LOCATOR_FIELDS, MAX_BAT_ENTRIES, MIN_BLOCK_SIZE,
-};
+use super::{batmap, Result, VhdError, BAT_UNUSED, MAX_BAT_ENTRIES};
 
 /// The most of a file's first bytes [`size_bound`] asks for: a BAT of the largest size
 /// opened ([`MAX_BAT_ENTRIES`] entries, 16 MiB) with its batmap header, starting within
@@ -105,54 +103,8 @@ pub fn size_bound(name: &Path, prefix: &[u8]) -> Result<SizeBound> {
         return Ok(SizeBound::Need(header_end));
     };
     let h = Header::decode(hraw);
-    if h.cookie() != header::COOKIE {
-        // Not quoted: these bytes are not a VHD header.
-        return bad(
-            "header cookie",
-            "(not shown)".into(),
-            "must be \"cxsparse\"",
-        );
-    }
-    if h.version != header::HEADER_VERSION {
-        return bad(
-            "header version",
-            format!("{:#010x}", h.version),
-            "must be 0x00010000",
-        );
-    }
-    if h.data_offset != u64::MAX {
-        return bad(
-            "header data offset",
-            format!("{:#x}", h.data_offset),
-            "must be 0xffffffffffffffff",
-        );
-    }
-    if !h.block_size.is_power_of_two()
-        || h.block_size < MIN_BLOCK_SIZE
-        || h.block_size > header::BLOCK_SIZE_2M
-    {
-        return bad(
-            "header block size",
-            h.block_size.to_string(),
-            "must be a power of two from 512 bytes to 2 MiB",
-        );
-    }
-    for (i, l) in h.locators.iter().enumerate() {
-        if !header::code::is_known(l.code) {
-            return bad(
-                LOCATOR_FIELDS[i],
-                format!("{:#010x}", l.code),
-                "unknown platform code",
-            );
-        }
-    }
-    let computed = h.computed_checksum();
-    if computed != h.checksum {
-        return bad(
-            "header checksum",
-            format!("{:#010x}", h.checksum),
-            &format!("computed {computed:#010x}"),
-        );
+    if let Some((field, value, rule)) = super::header_problem(&h) {
+        return bad(field, value, &rule);
     }
     // The BAT, by `read_bat`'s rules.
     if h.max_bat > MAX_BAT_ENTRIES {

@@ -237,52 +237,8 @@ impl Vhd {
         let mut raw = [0u8; HEADER_SIZE];
         self.read_at(&mut raw, at, "read the dynamic header")?;
         let h = Header::decode(&raw);
-        // blktap `vhd_validate_header`, in its order.
-        if h.cookie() != header::COOKIE {
-            // The bytes are not quoted: this is not a VHD header, and a file that is not
-            // a VHD may be anyone's (root reads it; its content is not ours to print).
-            return Err(self.invalid("header cookie", "(not shown)", "must be \"cxsparse\""));
-        }
-        if h.version != header::HEADER_VERSION {
-            return Err(self.invalid(
-                "header version",
-                format!("{:#010x}", h.version),
-                "must be 0x00010000",
-            ));
-        }
-        if h.data_offset != u64::MAX {
-            return Err(self.invalid(
-                "header data offset",
-                format!("{:#x}", h.data_offset),
-                "must be 0xffffffffffffffff",
-            ));
-        }
-        if !h.block_size.is_power_of_two()
-            || h.block_size < MIN_BLOCK_SIZE
-            || h.block_size > header::BLOCK_SIZE_2M
-        {
-            return Err(self.invalid(
-                "header block size",
-                h.block_size,
-                "must be a power of two from 512 bytes to 2 MiB (blktap opens nothing larger)",
-            ));
-        }
-        for (i, l) in h.locators.iter().enumerate() {
-            if !header::code::is_known(l.code) {
-                return Err(self.invalid(
-                    LOCATOR_FIELDS[i],
-                    format!("{:#010x}", l.code),
-                    "unknown platform code",
-                ));
-            }
-        }
-        let computed = h.computed_checksum();
-        if computed != h.checksum {
-            return Err(self.invalid(
-                "header checksum",
-                format!("{:#010x}", h.checksum),
-                format!("computed {computed:#010x}"),
-            ));
+        if let Some((field, value, rule)) = header_problem(&h) {
+            return Err(self.invalid(field, value, rule));
         }
         self.header = Some(h);
         Ok(())
@@ -466,6 +422,63 @@ pub const LOCATOR_FIELDS: [&str; 8] = [
     "parent locator 6",
     "parent locator 7",
 ];
+
+/// blktap `vhd_validate_header`, in its order: the first rule the dynamic header `h`
+/// breaks, as (field, value, rule). One list for [`Vhd::open`] and for
+/// [`bound::size_bound`], which must refuse exactly what opening would.
+pub(crate) fn header_problem(h: &Header) -> Option<(&'static str, String, String)> {
+    if h.cookie() != header::COOKIE {
+        // The bytes are not quoted: this is not a VHD header, and a file that is not a
+        // VHD may be anyone's (root reads it; its content is not ours to print).
+        return Some((
+            "header cookie",
+            "(not shown)".into(),
+            "must be \"cxsparse\"".into(),
+        ));
+    }
+    if h.version != header::HEADER_VERSION {
+        return Some((
+            "header version",
+            format!("{:#010x}", h.version),
+            "must be 0x00010000".into(),
+        ));
+    }
+    if h.data_offset != u64::MAX {
+        return Some((
+            "header data offset",
+            format!("{:#x}", h.data_offset),
+            "must be 0xffffffffffffffff".into(),
+        ));
+    }
+    if !h.block_size.is_power_of_two()
+        || h.block_size < MIN_BLOCK_SIZE
+        || h.block_size > header::BLOCK_SIZE_2M
+    {
+        return Some((
+            "header block size",
+            h.block_size.to_string(),
+            "must be a power of two from 512 bytes to 2 MiB (blktap opens nothing larger)".into(),
+        ));
+    }
+    for (i, l) in h.locators.iter().enumerate() {
+        if !header::code::is_known(l.code) {
+            return Some((
+                LOCATOR_FIELDS[i],
+                format!("{:#010x}", l.code),
+                "unknown platform code".into(),
+            ));
+        }
+    }
+    let computed = h.computed_checksum();
+    if computed != h.checksum {
+        return Some((
+            "header checksum",
+            format!("{:#010x}", h.checksum),
+            format!("computed {computed:#010x}"),
+        ));
+    }
+    None
+}
 
 fn footer_error(path: &Path, f: &Footer, problem: footer::FooterProblem) -> VhdError {
     match problem {
