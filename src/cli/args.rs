@@ -293,7 +293,7 @@ impl StoreArgs {
             Api::V2
         };
         let mut cfg = GlanceConfig::new(endpoint, api);
-        cfg.headers = self.headers().map_err(StoreError::Header)?;
+        cfg.headers = self.headers().map_err(StoreError::Config)?;
         crate::store::merge_token(&mut cfg.headers, self.token.as_deref());
         cfg.cacert = self.cacert.clone();
         cfg.insecure = self.insecure;

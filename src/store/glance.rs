@@ -78,7 +78,7 @@ impl Glance {
         }
         super::check_endpoint(&cfg.endpoint).map_err(StoreError::Config)?;
         for (k, v) in &cfg.headers {
-            super::check_header(k, v).map_err(StoreError::Header)?;
+            super::check_header(k, v).map_err(StoreError::Config)?;
         }
         let tls = tls_config(&cfg)?;
         let agent = ureq::Agent::config_builder()

@@ -20,7 +20,8 @@ pub enum StoreError {
     #[error("endpoint {0:?}: expected http(s)://host[:port][/prefix], file:///path or -")]
     Unsupported(String),
     /// The store's configuration (an endpoint with a password, a CA file without a
-    /// certificate): nothing was sent, and resending cannot help.
+    /// certificate, a header that would break the request's framing): refused before
+    /// anything is sent, and resending the same can never succeed.
     #[error("{0}")]
     Config(String),
     #[error("{url}: HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
@@ -59,10 +60,6 @@ pub enum StoreError {
         "checksum mismatch: the store declares {expected}, the bytes received hash to {actual}"
     )]
     Checksum { expected: String, actual: String },
-    /// A request header (or the token) that would break the request framing. Refused
-    /// before any connection: resending the same value can never succeed.
-    #[error("{0}")]
-    Header(String),
 }
 
 impl StoreError {
@@ -148,7 +145,7 @@ impl Kind for StoreError {
             }
             StoreError::Open { .. } => ErrorKind::Io,
             StoreError::Checksum { .. } => ErrorKind::Retryable,
-            StoreError::Header(_) | StoreError::Config(_) => ErrorKind::Permanent,
+            StoreError::Config(_) => ErrorKind::Permanent,
         }
     }
 }

@@ -35,13 +35,13 @@ pub struct Downloaded {
 /// body arrived, hashes to what the store declares, and links into a valid chain; on
 /// every error the staging directory goes and the SR is as it was.
 pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
-    // The arguments, the SR and its staging directory before the first request: a bad
-    // `sr_path` or UUID is refused without the store seeing us (DESIGN §10).
+    // The SR (checked by `Import::begin`), its staging directory and the UUIDs before
+    // the first request: a bad `sr_path` or UUID is refused without the store seeing us
+    // (DESIGN §10).
+    let import = sr::Import::begin(&opts.sr_path)?;
     if let Some(stack) = &opts.uuid_stack {
-        sr::check_sr_dir(&opts.sr_path)?;
         sr::check_new_vdis(&opts.sr_path, "uuid_stack", stack)?;
     }
-    let import = sr::Import::begin(&opts.sr_path)?;
     let (body, expected) = source.open()?;
     if let (Some(p), Some(size)) = (&opts.transfer.progress, expected.size) {
         p.set_total(size);
