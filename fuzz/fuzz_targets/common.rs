@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use glance_vhd::vhd::footer::Footer;
+use glance_vhd::xapi::pickle::{decode, encode, Py, Reply};
 use glance_vhd::vhd::header::Header;
 use glance_vhd::vhd::{Batmap, FOOTER_SIZE, HEADER_SIZE};
 
@@ -135,5 +136,31 @@ fn fix_batmap(b: &mut [u8], f: &Footer, h: &Header, primary_at: usize) {
     };
     if let Some(c) = bm.computed_checksum(f.curr_size) {
         b[hdr + 24..hdr + 28].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
+/// The decoded params as a reply (strings and dicts of them), for the encoder.
+fn reply(v: &Py) -> Reply {
+    match v {
+        Py::Dict(items) => Reply::Dict(
+            items
+                .iter()
+                .map(|(k, v)| (k.to_python_str().unwrap_or_default(), reply(v)))
+                .collect(),
+        ),
+        Py::None => Reply::None,
+        other => Reply::Str(other.to_python_str().unwrap_or_default()),
+    }
+}
+
+/// What our protocol-0 encoder makes of `v` must decode to the same strings (panics
+/// otherwise: a finding).
+pub fn assert_reply_round_trips(v: &Py) {
+    let r = reply(v);
+    if let Ok(p) = encode(&r) {
+        match decode(p.as_bytes()) {
+            Ok(back) => assert_eq!(reply(&back), r, "{p:?}"),
+            Err(e) => panic!("our own reply does not decode: {e}\n{p:?}"),
+        }
     }
 }

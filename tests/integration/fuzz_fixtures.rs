@@ -501,21 +501,8 @@ fn xmlrpc_call(data: &[u8]) -> Outcome {
 /// call checks it; what decodes survives our reply encoder and decodes back the same.
 /// Refused: it does not decode, or no call accepts it.
 fn pickle_params(data: &[u8]) -> Outcome {
-    use glance_vhd::xapi::calls::check_params;
-    use glance_vhd::xapi::pickle::{decode, encode, Py, Reply};
-
-    fn reply(v: &Py) -> Reply {
-        match v {
-            Py::Dict(items) => Reply::Dict(
-                items
-                    .iter()
-                    .map(|(k, v)| (k.to_python_str().unwrap_or_default(), reply(v)))
-                    .collect(),
-            ),
-            Py::None => Reply::None,
-            other => Reply::Str(other.to_python_str().unwrap_or_default()),
-        }
-    }
+    use glance_vhd::xapi::calls::table;
+    use glance_vhd::xapi::pickle::decode;
 
     let mut steps = Vec::new();
     let mut refused = true;
@@ -527,17 +514,13 @@ fn pickle_params(data: &[u8]) -> Outcome {
         Ok(v) => v,
     };
     steps.push(format!("decode: ok {v:?}"));
-    for f in ["download_vhd", "download_vhd2", "upload_vhd", "upload_vhd2"] {
-        let r = check_params(f, &v).expect("a pickle-taking call");
+    // Every call that takes a pickle, as the fuzz target finds them: from the table.
+    let glance = table("glance").expect("the glance plugin");
+    for call in glance.iter().filter(|c| c.check_params.is_some()) {
+        let r = (call.check_params.expect("filtered"))(&v);
         refused &= r.is_err();
-        step(&mut steps, &format!("{f} check"), &r);
+        step(&mut steps, &format!("{} check", call.name), &r);
     }
-    let r = reply(&v);
-    if let Ok(p) = encode(&r) {
-        match decode(p.as_bytes()) {
-            Ok(back) => assert_eq!(reply(&back), r, "{p:?}"),
-            Err(e) => panic!("our own reply does not decode: {e}\n{p:?}"),
-        }
-    }
+    fuzz_common::assert_reply_round_trips(&v);
     Outcome { steps, refused }
 }
