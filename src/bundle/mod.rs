@@ -8,8 +8,11 @@
 //! skipped member could be an attack or a sign of an image we would import wrongly.
 //!
 //! A member's declared size must fit the SR's free space, and, for a dynamic or
-//! differencing VHD, the size its first KiBs allow (`vhd::size_bound`): a gzip bomb is
-//! refused before it is written. Zero runs are written as holes (`stream::Writeback`).
+//! differencing VHD, the size its first KiBs allow (`vhd::size_bound`): a bomb behind
+//! honest metadata is refused before it is written. Zero runs are written as holes
+//! (`stream::Writeback`). What neither stops: metadata that itself points far out (a
+//! BAT entry or locator near the top of the range) allows that much, and non-zero
+//! filler up to it is limited only by the free space.
 
 pub mod pack;
 pub mod pargz;
@@ -491,8 +494,9 @@ fn meta_err(e: io::Error, from: u64) -> BundleError {
 /// member), read before anything is written. Refuses the member when those bytes break
 /// a rule of the VHD format, or when its declared `size` is more than they allow: a
 /// gzip bomb (a valid-looking header, then gigabytes of one byte) is refused before it
-/// takes any room in the SR. A member these bytes cannot bound (a fixed disk, whose
-/// only footer is at its end) is written and checked whole afterwards.
+/// takes any room in the SR. The bound is only as tight as the offsets the header and
+/// BAT declare (see [`vhd::bound`]). A member these bytes cannot bound (a fixed disk,
+/// whose only footer is at its end) is written and checked whole afterwards.
 fn vhd_prefix(entry: &mut impl Read, size: u64, name: &str) -> Result<Vec<u8>> {
     let mut prefix = Vec::new();
     let mut need = vhd::FOOTER_SIZE;

@@ -101,6 +101,14 @@ pub fn pack_with<W: Write>(
     let mut total = 0u64;
     let mut newest = 0u64;
     for m in members {
+        // `Exact` keeps the last `tail.len()` bytes of `size`: a longer tail is a caller
+        // error, not something to subtract.
+        if m.tail.len() as u64 > m.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: a tail longer than the member", m.path.display()),
+            ));
+        }
         let meta = m.file.metadata()?;
         total = total.saturating_add(m.size);
         newest = newest.max(meta.mtime().max(0) as u64);
@@ -120,6 +128,14 @@ pub fn pack_with<W: Write>(
     dir.set_cksum();
     tar.append(&dir, io::empty())?;
     for m in members {
+        // `Exact` keeps the last `tail.len()` bytes of `size`: a longer tail is a caller
+        // error, not something to subtract.
+        if m.tail.len() as u64 > m.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: a tail longer than the member", m.path.display()),
+            ));
+        }
         let meta = m.file.metadata()?;
         if meta.len() != m.size {
             return Err(changed(m, &format!("is {} bytes now", meta.len())));

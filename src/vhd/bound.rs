@@ -24,6 +24,12 @@
 //! in front of a valid footer). What one member can still waste is `MAX_SLACK`, and at
 //! most 16 members make an image.
 //!
+//! The bound is as tight as the file's own offsets, no tighter: a header whose BAT or
+//! locators point near the top of the range (one entry of `0xfffffffe`) allows a file
+//! of that size, and filler up to it is then limited only by the SR's free space (zero
+//! filler costs nothing: holes). Requiring densely packed blocks would catch that, but
+//! the format does not, and a legitimate file may have gaps.
+//!
 //! What cannot be bounded is said so ([`SizeBound::Unbounded`]): a first sector that is
 //! not a valid dynamic/differencing footer copy is a fixed disk (its only footer is at
 //! the end, after the data) or not a VHD at all, and is checked whole after writing.

@@ -69,7 +69,9 @@ pub fn check(path: &Path, opts: CheckOptions) -> Result<Option<String>> {
 }
 
 fn check_path(path: &Path, opts: CheckOptions) -> Result<Option<String>> {
-    let file = File::open(path).map_err(|e| VhdError::io(path, "open", e))?;
+    // `check_one` calls anything but a file or a block device invalid; it must get
+    // there rather than wait in open(2) on a FIFO.
+    let file = super::open_without_blocking(path, false)?;
     check_one(path, file, opts, None)
 }
 
@@ -88,15 +90,8 @@ pub fn check_open(
     let file = file
         .try_clone()
         .map_err(|e| VhdError::io(path, "duplicate the descriptor", e))?;
-    check_one(
-        path,
-        file,
-        CheckOptions {
-            parents: false,
-            ..opts
-        },
-        parent,
-    )
+    // `check_one` checks one file whatever `opts.parents` says.
+    check_one(path, file, opts, parent)
 }
 
 /// The rules for one file, in blktap's order.

@@ -89,16 +89,8 @@ pub struct Vhd {
 
 impl Vhd {
     pub fn open(path: &Path, mode: OpenMode) -> Result<Vhd> {
-        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-        // O_NONBLOCK: a FIFO planted where a VHD (or a parent a locator names) should be
-        // would block open(2) until a writer came; now it opens at once and is refused
-        // below. The flag changes nothing for files and block devices, and is cleared.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(mode.write)
-            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| VhdError::io(path, "open", e))?;
+        use std::os::unix::fs::FileTypeExt;
+        let file = open_without_blocking(path, mode.write)?;
         let meta = file.metadata().map_err(|e| VhdError::io(path, "stat", e))?;
         let kind = meta.file_type();
         // Files, and block devices (VHDs on the LVs of an LVM SR).
@@ -109,11 +101,6 @@ impl Vhd {
                 errno: error::EINVAL,
             });
         }
-        nix::fcntl::fcntl(
-            &file,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-        )
-        .map_err(|e| VhdError::io(path, "clear O_NONBLOCK", e.into()))?;
         let file_size = if kind.is_file() {
             meta.len()
         } else {
@@ -422,6 +409,26 @@ pub const LOCATOR_FIELDS: [&str; 8] = [
     "parent locator 6",
     "parent locator 7",
 ];
+
+/// Open `path` for reading (and writing if `write`) without ever blocking in open(2):
+/// a FIFO planted where a VHD, or a parent a locator names, should be would wait for a
+/// writer forever. `O_NONBLOCK` changes nothing for files and block devices and is
+/// cleared once open; the caller refuses any other kind of file.
+pub(crate) fn open_without_blocking(path: &Path, write: bool) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| VhdError::io(path, "open", e))?;
+    nix::fcntl::fcntl(
+        &file,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .map_err(|e| VhdError::io(path, "clear O_NONBLOCK", e.into()))?;
+    Ok(file)
+}
 
 /// blktap `vhd_validate_header`, in its order: the first rule the dynamic header `h`
 /// breaks, as (field, value, rule). One list for [`Vhd::open`] and for
