@@ -191,12 +191,19 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
 /// The top lock directory (`--lock-dir`, the job lock's directory), created if missing,
 /// opened and checked (see the module docs).
 fn lock_directory(path: &Path) -> Result<OwnedFd> {
-    check_ancestors(path)?;
-    match nix::unistd::mkdir(path, Mode::from_bits_truncate(DIR_MODE)) {
+    // Created and opened through the parent's resolved path, the one whose ancestors
+    // were checked: a symlink on the way, which someone else may own, cannot be
+    // re-pointed between the check and the use. Messages keep the path as given.
+    let parent = check_ancestors(path)?;
+    let real = match path.file_name() {
+        Some(name) => parent.join(name),
+        None => path.to_path_buf(),
+    };
+    match nix::unistd::mkdir(&real, Mode::from_bits_truncate(DIR_MODE)) {
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => return Err(io_err(path, "create the lock directory")(e.into())),
     }
-    let fd = open(path, DIR_FLAGS, Mode::empty()).map_err(|e| dir_open_err(path, e))?;
+    let fd = open(&real, DIR_FLAGS, Mode::empty()).map_err(|e| dir_open_err(path, e))?;
     check_directory(&fd, path)?;
     Ok(fd)
 }
@@ -256,7 +263,8 @@ fn check_directory(fd: &OwnedFd, path: &Path) -> Result<()> {
 /// Every directory above a lock directory: owned by root or us, and not writable by
 /// group or others unless sticky (`/run/lock`, `/tmp`: there nobody can rename what we
 /// own). Otherwise someone could swap the lock directory between our check and our use.
-fn check_ancestors(dir: &Path) -> Result<()> {
+/// Returns the resolved parent of `dir`, which is what was checked.
+fn check_ancestors(dir: &Path) -> Result<PathBuf> {
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -286,7 +294,7 @@ fn check_ancestors(dir: &Path) -> Result<()> {
             ));
         }
     }
-    Ok(())
+    Ok(real)
 }
 
 /// A lock file in the checked directory `dir`, created if missing: never through a

@@ -102,20 +102,24 @@ impl Staging {
             .iter()
             .map(|f| f.file_name().expect("staging files have names"))
             .collect();
-        self.write_journal(&names)?;
-        let mut done: Vec<PathBuf> = Vec::new();
-        for (f, name) in files.iter().zip(&names).rev() {
-            // VHDs in an SR are 0644, as vhd-util creates them; staging kept them private.
+        // VHDs in an SR are 0644, as vhd-util creates them; staging kept them private.
+        // All before the first link, so that once links exist only a link can fail.
+        for f in files {
             std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644))
                 .map_err(io_err(f, "set the mode"))?;
+        }
+        self.write_journal(&names)?;
+        let undo = |done: &[PathBuf]| {
+            for p in done {
+                let _ = std::fs::remove_file(p);
+            }
+        };
+        let mut done: Vec<PathBuf> = Vec::new();
+        for (f, name) in files.iter().zip(&names).rev() {
             let to = sr.join(name);
             crate::testhooks::pause("move", done.len());
             let linked = crate::signals::critical(|| {
-                std::fs::hard_link(f, &to).inspect_err(|_| {
-                    for p in &done {
-                        let _ = std::fs::remove_file(p);
-                    }
-                })
+                std::fs::hard_link(f, &to).inspect_err(|_| undo(&done))
             });
             if let Err(e) = linked {
                 return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -135,7 +139,10 @@ impl Staging {
         }
         // Every link is durable: the move is complete and must not be rolled back.
         let journal = self.path.join(JOURNAL);
-        crate::signals::critical(|| std::fs::remove_file(&journal))
+        // If the journal cannot go, the caller hears of a failure: the links go too, or
+        // the SR would hold VDIs nobody was told of once staging (and the journal that
+        // `sweep` would have rolled back from) is removed on drop.
+        crate::signals::critical(|| std::fs::remove_file(&journal).inspect_err(|_| undo(&done)))
             .map_err(io_err(&journal, "remove"))?;
         done.reverse();
         Ok(done)
