@@ -15,9 +15,9 @@ mod export;
 mod lock;
 mod staging;
 
-pub use check::{check_new_vdis, check_sr_dir, is_canonical_uuid, parse_vdi_uuid, sr_uuid};
+pub use check::{check_new_vdis, check_sr_dir, parse_vdi_uuid};
 pub use export::{check_chain, export, ChainSpec, Exported, Member};
-pub use lock::{sm_lock_dir, JobLock, SrLock, SM_LOCK_DIR};
+pub use lock::{sm_lock_dir, JobLock, SrLock};
 pub use staging::{sweep, Staging, STAGING_PREFIX};
 
 use std::io;
@@ -204,7 +204,7 @@ fn file_name(p: &Path) -> String {
 }
 
 /// Bytes available to us on the SR's file system.
-pub fn free_space(sr: &Path) -> Result<u64> {
+fn free_space(sr: &Path) -> Result<u64> {
     let st = nix::sys::statvfs::statvfs(sr).map_err(|e| SrError::Io {
         path: sr.to_path_buf(),
         op: "statvfs",
