@@ -221,7 +221,9 @@ pub struct Call {
     pub op: Op,
     pub run: fn(&Args) -> Result<Value>,
     /// Decode and check the arguments exactly as `run` does before it acts, and stop
-    /// there: no store, SR, XenAPI or file system is touched (the fuzz targets).
+    /// there (the fuzz targets): no request to the store or XenAPI, nothing written.
+    /// The SR's arguments are looked up read-only (`sr::check_sr_dir` and
+    /// `sr::check_new_vdis` stat the SR and `<uuid>.vhd`), as the call does first.
     pub check: fn(&Args) -> Result<()>,
     /// For calls that take a `params` pickle: `check` from the already decoded pickle.
     pub check_params: Option<fn(&Py) -> Result<()>>,
