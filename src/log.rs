@@ -8,9 +8,20 @@
 //!   bar); long transfers also send progress lines to syslog only ([`syslog`]) so an
 //!   admin can follow a 02:00 cron job with `tail -f`.
 //!
+//! * Detail below the default output — each step of a transfer ([`step`]) and each
+//!   request to a store ([`trace`]) — goes nowhere unless a front end installs a sink
+//!   ([`set_detail_sink`]): the CLI sends it to stderr at `-v`/`-vv`; the plugin
+//!   installs none (Nova's calls stay as quiet in syslog as the Python plugins were).
+//!   Lower layers (`store`, `transfer`) report through here because they cannot reach
+//!   `cli::output`.
+//!
+//! Syslog identity: ident `glance-vhd`, facility `user`, the pid in brackets; the README
+//! ("What lands in syslog") lists the lines and their levels.
+//!
 //! A missing or full syslog is ignored: a log line never fails a call.
 
 use std::os::unix::net::UnixDatagram;
+use std::sync::OnceLock;
 
 const IDENT: &str = "glance-vhd";
 /// Facility `user`, as Python's `SysLogHandler` defaults to.
@@ -22,6 +33,41 @@ pub enum Level {
     Warning = 4,
     Notice = 5,
     Info = 6,
+}
+
+/// How detailed a [`step`] or [`trace`] message is: the `-v` count that shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// A step of a transfer (staged, verified, linked…): `-v`.
+    Step = 1,
+    /// One request to a store: `-vv`.
+    Request = 2,
+}
+
+/// Where [`step`] and [`trace`] go; unset (the plugin, the unit tests): nowhere.
+static DETAIL_SINK: OnceLock<fn(Detail, &str)> = OnceLock::new();
+
+/// Install the sink for [`step`] and [`trace`] (once per process; later calls are
+/// ignored). The sink filters by [`Detail`] itself.
+pub fn set_detail_sink(sink: fn(Detail, &str)) {
+    let _ = DETAIL_SINK.set(sink);
+}
+
+/// One step of a transfer, for `-v`. The message must hold no secret.
+pub fn step(msg: &str) {
+    if let Some(sink) = DETAIL_SINK.get() {
+        sink(Detail::Step, &crate::error::cap(msg));
+    }
+}
+
+/// One request to a store, for `-vv`: `METHOD <url> -> <status>` (or the transport
+/// error). The URL as [`crate::store::redact`] would show it — never a header, a token
+/// or a request body. Cheap when no sink is installed: call it from every request path
+/// (`store::glance`, the Keystone client).
+pub fn trace(msg: &str) {
+    if let Some(sink) = DETAIL_SINK.get() {
+        sink(Detail::Request, &crate::error::cap(msg));
+    }
 }
 
 /// The syslog socket; `GLANCE_VHD_SYSLOG_SOCKET` points it elsewhere (tests bind their

@@ -115,7 +115,7 @@ impl Glance {
         for (k, v) in &self.cfg.headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        req.call().map_err(|e| StoreError::transport(url, e))
+        traced("GET", url, req.call())
     }
 
     /// Open the image body for download, with what the store says it should hash to.
@@ -319,8 +319,8 @@ impl Glance {
         let resp = self
             .request("POST", &url)
             .header("Content-Type", "application/json")
-            .send(serde_json::Value::Object(body).to_string())
-            .map_err(|e| StoreError::transport(&url, e))?;
+            .send(serde_json::Value::Object(body).to_string());
+        let resp = traced("POST", &url, resp)?;
         let status = resp.status().as_u16();
         if status != 201 {
             return Err(StoreError::http_upload(&url, status, resp));
@@ -360,8 +360,8 @@ impl Glance {
                 let resp = self
                     .request("PATCH", &url)
                     .header("Content-Type", JSON_PATCH)
-                    .send(serde_json::Value::Array(ops).to_string())
-                    .map_err(|e| StoreError::transport(&url, e))?;
+                    .send(serde_json::Value::Array(ops).to_string());
+                let resp = traced("PATCH", &url, resp)?;
                 let status = resp.status().as_u16();
                 if status != 200 {
                     return Err(StoreError::http_upload(&url, status, resp));
@@ -374,7 +374,7 @@ impl Glance {
                 for (k, v) in &self.cfg.headers {
                     req = req.header(k.as_str(), v.as_str());
                 }
-                let resp = req.call().map_err(|e| StoreError::transport(&url, e))?;
+                let resp = traced("HEAD", &url, req.call())?;
                 let status = resp.status().as_u16();
                 if status != 200 {
                     return Err(StoreError::http_upload(&url, status, resp));
@@ -425,9 +425,7 @@ impl Glance {
                 req = req.header(format!("x-image-meta-property-{k}").as_str(), v.as_str());
             }
         }
-        let resp = req
-            .send(ureq::SendBody::from_reader(body))
-            .map_err(|e| StoreError::transport(&url, e))?;
+        let resp = traced("PUT", &url, req.send(ureq::SendBody::from_reader(body)))?;
         let status = resp.status().as_u16();
         if status != ok {
             return Err(StoreError::http_upload(&url, status, resp));
@@ -439,6 +437,22 @@ impl Glance {
         let v = Glance::json_of(&url, resp)?;
         Ok(Some(Record::from_json(&v["image"])))
     }
+}
+
+/// The answer to `method url`, traced for `-vv` ([`crate::log::trace`]): the method,
+/// the URL and the status or transport error — never a header (the token is one) or a
+/// body.
+fn traced(
+    method: &str,
+    url: &str,
+    answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<ureq::http::Response<ureq::Body>, StoreError> {
+    let url_shown = super::redact(url);
+    match &answer {
+        Ok(resp) => crate::log::trace(&format!("{method} {url_shown} -> {}", resp.status())),
+        Err(e) => crate::log::trace(&format!("{method} {url_shown} -> no answer: {e}")),
+    }
+    answer.map_err(|e| StoreError::transport(url, e))
 }
 
 /// RFC 6901: `~` → `~0`, `/` → `~1`.
