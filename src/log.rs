@@ -76,12 +76,20 @@ fn syslog_socket() -> std::path::PathBuf {
     crate::testhooks::path_or(crate::testhooks::SYSLOG_SOCKET, "/dev/log")
 }
 
+/// How long a line may wait for room in the syslog socket's queue.
+const SYSLOG_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One line to syslog only (RFC 3164 without a timestamp: the daemon adds its own).
 pub fn syslog(level: Level, msg: &str) {
     let msg = crate::error::cap(msg);
     let pri = FACILITY_USER * 8 + level as u8;
     let line = format!("<{pri}>{IDENT}[{}]: {msg}", std::process::id());
     if let Ok(sock) = UnixDatagram::unbound() {
+        // The queue of /dev/log is short (net.unix.max_dgram_qlen, 10) and dom0's xapi
+        // logs through it too: a line waits for room, as glibc's syslog(3) does, but
+        // for a second at most — a syslog daemon that stopped reading costs a line, not
+        // a stalled transfer.
+        let _ = sock.set_write_timeout(Some(SYSLOG_WAIT));
         let _ = sock.send_to(line.as_bytes(), syslog_socket());
     }
 }
