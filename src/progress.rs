@@ -170,6 +170,10 @@ fn render(progress: &Progress, display: &Display, stop: &(Mutex<bool>, Condvar))
         display.log_every.unwrap_or(Duration::from_secs(30))
     };
     let mut next_log = display.log_every.map(|e| start + e);
+    // Whether a progress line went to syslog: a transfer that logged its progress also
+    // logs where it ended, so the last line is the final count, not one from up to an
+    // interval before.
+    let mut logged = false;
     let (lock, cv) = stop;
     let Ok(mut stopped) = lock.lock() else { return };
     while !*stopped {
@@ -196,11 +200,17 @@ fn render(progress: &Progress, display: &Display, stop: &(Mutex<bool>, Condvar))
             b.set_message(progress.member());
         }
         if let (Some(at), Some(every)) = (next_log, display.log_every) {
-            if Instant::now() >= at && !*stopped {
+            // Nothing moved yet (connecting, waiting to retry): the job's start and retry
+            // lines say what is going on; "0 B, 0 B/s" would say nothing.
+            if Instant::now() >= at && !*stopped && progress.done() > 0 {
                 log::syslog(log::Level::Info, &line(progress, display, start.elapsed()));
+                logged = true;
                 next_log = Some(at + every);
             }
         }
+    }
+    if logged {
+        log::syslog(log::Level::Info, &line(progress, display, start.elapsed()));
     }
     if let Some(b) = bar {
         set_active(None);

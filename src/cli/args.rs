@@ -266,6 +266,14 @@ impl Store {
         }
     }
 
+    /// Every endpoint, for the job's first syslog line.
+    pub fn describe_all(&self) -> String {
+        match &self.remote {
+            Some(r) => r.describe_all(),
+            None => crate::store::redact(&self.local),
+        }
+    }
+
     /// The endpoint attempt `n` used (after it ran: the catalog is known by then).
     pub fn endpoint(&self, n: u32) -> String {
         match &self.remote {

@@ -2,6 +2,11 @@
 //! a nightly job needs around them — endpoints tried in turn with retries
 //! ([`crate::retry`]), a lock per SR, a rate limit, low priority, a progress bar on a
 //! terminal and progress lines in syslog, and a one-line summary.
+//!
+//! What a cron job leaves in syslog ([`crate::log::syslog`], whatever `--quiet` says):
+//! the start (what, SR, endpoints), every retry with its cause, progress lines for long
+//! transfers, the summary — or the failure with its exit code, from
+//! [`output::report`].
 
 use std::error::Error as StdError;
 use std::io::IsTerminal;
@@ -14,6 +19,7 @@ use super::args::{DownloadArgs, JobArgs, Store, SweepArgs, UploadArgs};
 use super::output::{self, say, verbosity, CliError};
 use crate::bundle::pack::{self, PackOptions};
 use crate::error::{chain, Kind};
+use crate::log::{self, Level};
 use crate::progress::{Display, Monitor, Progress};
 use crate::sr::{ChainSpec, JobLock};
 use crate::store::{Digests, Location, Source, Target};
@@ -56,9 +62,11 @@ impl Summary {
         }
     }
 
-    /// The summary line on stderr (not with `--quiet`).
+    /// The summary line on stderr (not with `--quiet`) and in syslog.
     fn say(&self, what: &str) {
-        say(0, &self.line(what));
+        let line = self.line(what);
+        say(0, &line);
+        log::syslog(Level::Info, &line);
     }
 
     /// `<what>: 1.20 GiB in 14.2 s (86.40 MiB/s), md5 …, 2 attempts`
@@ -104,16 +112,33 @@ impl Job {
     ) -> Result<Job, CliError> {
         for w in &store.warnings {
             say(0, &format!("warning: {w}"));
-            crate::log::syslog(crate::log::Level::Warning, &format!("{label}: {w}"));
+            log::syslog(Level::Warning, &format!("{label}: {w}"));
         }
         if !store.origin.is_empty() {
             say(1, &format!("signing in with {}", store.origin));
         }
+        // Standard input cannot be read twice, nor standard output written twice.
+        let retries = if !store.is_glance() && store.local() == "-" {
+            0
+        } else {
+            args.retries
+        };
+        // First, before a lock wait or a request: a run that hangs or fails has started
+        // on record.
+        log::syslog(
+            Level::Info,
+            &format!(
+                "{label}: started (SR {}, endpoint {}, up to {} attempts)",
+                sr_path.display(),
+                store.describe_all(),
+                u64::from(retries) + 1
+            ),
+        );
         if store.insecure {
             // Always on record: in syslog even with --quiet, for whoever audits the host.
             let w = "TLS certificate verification is disabled (--insecure)";
             say(0, &format!("warning: {w}"));
-            crate::log::syslog(crate::log::Level::Warning, &format!("{label}: {w}"));
+            log::syslog(Level::Warning, &format!("{label}: {w}"));
         }
         if args.nice {
             lower_priority();
@@ -147,7 +172,7 @@ impl Job {
             progress,
             monitor,
             policy: crate::retry::Policy {
-                retries: args.retries,
+                retries,
                 base: Duration::from_secs_f64(args.retry_delay),
                 ..Default::default()
             },
@@ -182,16 +207,15 @@ impl Job {
                 attempt(n)
             },
             |n, e, pause| {
-                say(
-                    0,
-                    &format!(
-                        "{what}: attempt {n} of {} failed: {}; retrying in {:.1} s via {}",
-                        self.policy.retries + 1,
-                        chain(e),
-                        pause.as_secs_f64(),
-                        store.describe(n)
-                    ),
-                )
+                let line = format!(
+                    "{what}: attempt {n} of {} failed: {}; retrying in {:.1} s via {}",
+                    self.policy.retries + 1,
+                    chain(e),
+                    pause.as_secs_f64(),
+                    store.describe(n)
+                );
+                say(0, &line);
+                log::syslog(Level::Warning, &line);
             },
         );
         r.map(|v| (v, used))
@@ -271,11 +295,7 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
         Some(id) if http => format!("download of image {id}"),
         _ => format!("download of {}", store.describe(0)),
     };
-    let mut job = Job::start(&a.job, &store, &a.sr_path, what.clone())?;
-    if !http && store.local() == "-" {
-        // Standard input cannot be read twice.
-        job.policy.retries = 0;
-    }
+    let job = Job::start(&a.job, &store, &a.sr_path, what.clone())?;
     let opts = ImportOptions {
         sr_path: a.sr_path.clone(),
         uuid_stack,
@@ -372,7 +392,9 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
             let (id, _) = job.retry(&store, "create the image", |n| {
                 store.glance(n)?.create(name, &a.properties)
             })?;
-            say(0, &format!("created image {id}"));
+            let line = format!("created image {id}");
+            say(0, &line);
+            log::syslog(Level::Info, &format!("{what}: {line}"));
             Some(id)
         }
         (None, None) => unreachable!("checked above: --image-id or --create --name"),
@@ -399,12 +421,11 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
     let took = job.finish();
     let (up, attempts) = result?;
     if up.completed_earlier {
-        say(
-            0,
-            &format!(
-                "{what}: the previous attempt completed after all: the image is active with our checksum"
-            ),
+        let line = format!(
+            "{what}: the previous attempt completed after all: the image is active with our checksum"
         );
+        say(0, &line);
+        log::syslog(Level::Info, &line);
     }
     let summary = Summary::new(image_id.as_deref(), &store, attempts, &up.stream, took);
     summary.say(&format!(
@@ -431,6 +452,20 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
 pub fn sweep(a: &SweepArgs) -> Result<ExitCode, CliError> {
     crate::sr::check_sr_dir(&a.sr_path)?;
     let swept = crate::sr::sweep(&a.sr_path, Duration::from_secs(a.older_than), &a.lock_dir)?;
+    // Only when there was something: a sweep every half hour per SR stays out of the log
+    // until a killed run left staging behind.
+    if !swept.is_empty() {
+        let removed = swept.iter().filter(|s| s.removed).count();
+        log::syslog(
+            Level::Info,
+            &format!(
+                "sweep of {}: {removed} staging director{} removed, {} kept",
+                a.sr_path.display(),
+                if removed == 1 { "y" } else { "ies" },
+                swept.len() - removed
+            ),
+        );
+    }
     if a.json {
         output::json(&serde_json::json!({ "swept": swept }));
     } else if verbosity() >= 0 {

@@ -40,9 +40,15 @@ pub fn main() -> ExitCode {
     } else {
         cli.verbose.min(2) as i8
     });
-    // `-vv`: one line per request, from the store's clients.
-    crate::log::set_trace(|line| output::say(2, line));
+    output::show_detail();
     let json = cli.command.json();
+    // The jobs a cron runs leave their failure in syslog too; the VHD tools do not.
+    let job = match &cli.command {
+        Command::Download(_) => Some("download"),
+        Command::Upload(_) => Some("upload"),
+        Command::Sweep(_) => Some("sweep"),
+        Command::Vhd(_) => None,
+    };
     let result = match cli.command {
         Command::Vhd(cmd) => vhd::run(cmd),
         Command::Download(a) => jobs::download(&a),
@@ -51,6 +57,6 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        Err(e) => output::report(&e, json),
+        Err(e) => output::report(&e, json, job),
     }
 }

@@ -37,8 +37,16 @@ pub fn line(text: &str) {
     let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
 
+/// One JSON document on one line: cron jobs append `--json` to a log file, one run a
+/// line, and `jq`/`json.loads` per line must read it.
 pub fn json<T: serde::Serialize>(v: &T) {
-    line(&serde_json::to_string_pretty(v).expect("plain data serialises"));
+    line(&serde_json::to_string(v).expect("plain data serialises"));
+}
+
+/// Where the engines' steps (`-v`) and the stores' requests (`-vv`) go: stderr, around
+/// the bar, filtered by the verbosity ([`crate::log::set_detail_sink`]).
+pub fn show_detail() {
+    crate::log::set_detail_sink(|detail, msg| say(detail as i8, msg));
 }
 
 /// Why a command failed; reported once, by [`report`].
@@ -97,10 +105,19 @@ impl CliError {
 }
 
 /// `glance-vhd: <what failed>: <why>: <cause>…` on stderr; with `--json`, also
-/// `{"error": {"message", "kind", "exit_code"}}` on stdout. Returns the exit code.
-pub fn report(e: &CliError, json_too: bool) -> ExitCode {
+/// `{"error": {"message", "kind", "exit_code"}}` on stdout; for a job (`job`:
+/// `download`, `upload`, `sweep`), also `<job> failed (exit N, kind): <message>` in
+/// syslog at `err`, so a cron run that failed says what and how in the system log —
+/// whatever `--quiet` says. Returns the exit code.
+pub fn report(e: &CliError, json_too: bool, job: Option<&str>) -> ExitCode {
     let (message, kind, code) = e.parts();
     crate::progress::suspend(|| eprintln!("glance-vhd: {message}"));
+    if let Some(job) = job {
+        crate::log::syslog(
+            crate::log::Level::Error,
+            &format!("{job} failed (exit {code}, {kind}): {message}"),
+        );
+    }
     if json_too {
         json(&serde_json::json!({"error": {
             "message": message, "kind": kind, "exit_code": code,

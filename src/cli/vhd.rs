@@ -144,7 +144,7 @@ fn query(q: &QueryArgs) -> ExitCode {
         Err(e) => {
             let errno = e.errno();
             output::line(&format!("error opening {name}: -{errno}"));
-            return output::report(&CliError::errno(&e), false);
+            return output::report(&CliError::errno(&e), false, None);
         }
     };
     let mut status = 0i32;

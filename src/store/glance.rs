@@ -104,14 +104,15 @@ impl Glance {
     /// after a 401, once more with a new token. Without a session, as it is.
     fn authed(
         &self,
+        method: &str,
         url: &str,
         send: impl Fn(Option<&str>) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<ureq::http::Response<ureq::Body>, StoreError> {
         let Some(auth) = &self.cfg.auth else {
-            return send(None).map_err(|e| StoreError::transport(url, e));
+            return traced(method, url, send(None));
         };
         let token = auth.token()?;
-        let resp = send(Some(token.expose())).map_err(|e| StoreError::transport(url, e))?;
+        let resp = traced(method, url, send(Some(token.expose())))?;
         if resp.status().as_u16() != 401 {
             return Ok(resp);
         }
@@ -122,7 +123,7 @@ impl Glance {
             super::redact(url)
         ));
         let token = auth.renew()?;
-        send(Some(token.expose())).map_err(|e| StoreError::transport(url, e))
+        traced(method, url, send(Some(token.expose())))
     }
 
     /// `endpoint` + `path`, without `//` whatever the endpoint's trailing slash.
@@ -139,7 +140,7 @@ impl Glance {
     }
 
     fn get(&self, url: &str) -> Result<ureq::http::Response<ureq::Body>, StoreError> {
-        self.authed(url, |token| {
+        self.authed("GET", url, |token| {
             let mut req = self.agent.get(url);
             for (k, v) in self.headers(token) {
                 req = req.header(k, v);
@@ -361,7 +362,7 @@ impl Glance {
             body.entry(k.clone()).or_insert_with(|| v.clone().into());
         }
         let body = serde_json::Value::Object(body).to_string();
-        let resp = self.authed(&url, |token| {
+        let resp = self.authed("POST", &url, |token| {
             self.request("POST", &url, token)
                 .header("Content-Type", "application/json")
                 .send(&body)
@@ -403,7 +404,7 @@ impl Glance {
                     ops.push(serde_json::json!({"op": "add", "path": format!("/{}", json_pointer_escape(k)), "value": v}));
                 }
                 let body = serde_json::Value::Array(ops).to_string();
-                let resp = self.authed(&url, |token| {
+                let resp = self.authed("PATCH", &url, |token| {
                     self.request("PATCH", &url, token)
                         .header("Content-Type", JSON_PATCH)
                         .send(&body)
@@ -416,7 +417,7 @@ impl Glance {
             }
             Api::V1 | Api::V1Diablo => {
                 let url = self.url(&self.image_path(image_id));
-                let resp = self.authed(&url, |token| {
+                let resp = self.authed("HEAD", &url, |token| {
                     let mut req = self.agent.head(&url);
                     for (k, v) in self.headers(token) {
                         req = req.header(k, v);
@@ -479,9 +480,7 @@ impl Glance {
                 req = req.header(format!("x-image-meta-property-{k}").as_str(), v.as_str());
             }
         }
-        let resp = req
-            .send(ureq::SendBody::from_reader(body))
-            .map_err(|e| StoreError::transport(&url, e))?;
+        let resp = traced("PUT", &url, req.send(ureq::SendBody::from_reader(body)))?;
         let status = resp.status().as_u16();
         if status == 401 && self.cfg.auth.is_some() {
             // A fresh token refused: the next attempt signs in again (a wrong password
@@ -498,6 +497,22 @@ impl Glance {
         let v = Glance::json_of(&url, resp)?;
         Ok(Some(Record::from_json(&v["image"])))
     }
+}
+
+/// The answer to `method url`, traced for `-vv` ([`crate::log::trace`]): the method,
+/// the URL and the status or transport error — never a header (the token is one) or a
+/// body.
+pub(super) fn traced(
+    method: &str,
+    url: &str,
+    answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<ureq::http::Response<ureq::Body>, StoreError> {
+    let url_shown = super::redact(url);
+    match &answer {
+        Ok(resp) => crate::log::trace(&format!("{method} {url_shown} -> {}", resp.status())),
+        Err(e) => crate::log::trace(&format!("{method} {url_shown} -> no answer: {e}")),
+    }
+    answer.map_err(|e| StoreError::transport(url, e))
 }
 
 /// RFC 6901: `~` → `~0`, `/` → `~1`.

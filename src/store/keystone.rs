@@ -319,16 +319,14 @@ impl Session {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let body = self.sign_in.body().map_err(StoreError::Config)?;
         let url = &self.tokens_url;
-        crate::log::trace(&format!("POST {}", super::redact(url)));
         let asked = Instant::now();
         let resp = self
             .agent
             .post(url)
             .header("Content-Type", "application/json")
-            .send(body.to_string())
-            .map_err(|e| StoreError::transport(url, e))?;
+            .send(body.to_string());
+        let resp = super::glance::traced("POST", url, resp)?;
         let status = resp.status().as_u16();
-        crate::log::trace(&format!("POST {} → {status}", super::redact(url)));
         match status {
             201 | 200 => {}
             // Wrong password, secret, user, project or an expired token: the same answer

@@ -67,6 +67,15 @@ impl Remote {
         }
     }
 
+    /// Every endpoint attempts will use, for a message.
+    pub fn describe_all(&self) -> String {
+        if self.endpoints.is_empty() {
+            return self.describe(0);
+        }
+        let shown: Vec<String> = self.endpoints.iter().map(|e| super::redact(e)).collect();
+        shown.join(", ")
+    }
+
     /// A client for attempt `n`.
     pub fn glance(&self, n: u32) -> Result<Glance, StoreError> {
         let mut cfg = self.template.clone();

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use super::{Result, Transfer};
 use crate::bundle::{self, Limits};
+use crate::log;
 use crate::sr::{self, Imported};
 use crate::store::{Digests, Expected, HashingReader, Source, StoreError};
 use crate::stream::Prefetch;
@@ -43,11 +44,18 @@ pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
         sr::check_new_vdis(&opts.sr_path, "uuid_stack", stack)?;
     }
     let (body, expected) = source.open()?;
+    log::step(&format!(
+        "unpacking the image into {}{}",
+        import.dir().display(),
+        expected
+            .size
+            .map_or(String::new(), |n| format!(" ({n} bytes declared)"))
+    ));
     if let (Some(p), Some(size)) = (&opts.transfer.progress, expected.size) {
         p.set_total(size);
     }
     // The network read and both hashes run on their own thread, ahead of the inflate.
-    let mut body = Prefetch::new(HashingReader::new(opts.transfer.wrap(body)));
+    let mut body = Prefetch::new(HashingReader::new(opts.transfer.counted_wire(body)));
     let limits = Limits {
         free_space: import.free_space()?,
         // One UUID per VHD: the member beyond them is refused before it is written.
@@ -70,8 +78,21 @@ pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
         .ok_or_else(|| StoreError::Protocol("the image was not read to its end".into()))?
         .digests();
     expected.verify(&stream)?;
+    log::step(&format!(
+        "{} bytes received, md5 {}: as the store declares",
+        stream.bytes, stream.md5
+    ));
     let named = import.link(&unpacked.files, opts.uuid_stack.as_deref())?;
+    log::step(&format!(
+        "{} VHDs linked and checked as a chain",
+        unpacked.files.len()
+    ));
     let imported = import.publish(named, &opts.lock_dir, unpacked.bytes)?;
+    log::step(&format!(
+        "published into {}: {}",
+        opts.sr_path.display(),
+        imported.uuids.join(", ")
+    ));
     Ok(Downloaded {
         imported,
         stream,

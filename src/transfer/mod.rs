@@ -71,19 +71,28 @@ pub type Result<T, E = TransferError> = std::result::Result<T, E>;
 pub struct Transfer {
     /// Bytes per second on the wire (the gzipped tarball), if limited.
     pub rate_limit: Option<u64>,
-    /// Counted into as the transfer runs: wire bytes for a download (its total is the
-    /// size the store declares), VHD bytes read for an upload (total: the chain's size).
+    /// Counted into as the transfer runs, once per byte of one stream only: wire bytes
+    /// for a download (its total is the size the store declares), VHD bytes read for
+    /// an upload (total: the chain's size, known before the first byte; the gzipped
+    /// size is not).
     pub progress: Option<Arc<Progress>>,
 }
 
 impl Transfer {
-    /// `body` with the rate limit and the progress count applied: plain `Read`
+    /// A download's body off the wire, rate-limited and counted: plain `Read`
     /// adaptors, nothing flows back to the caller but the bytes.
-    fn wrap<'a, R: Read + Send + 'a>(&self, body: R) -> Box<dyn Read + Send + 'a> {
-        let counted = Counting::new(body, self.progress.clone());
+    fn counted_wire<'a, R: Read + Send + 'a>(&self, body: R) -> Box<dyn Read + Send + 'a> {
+        self.limited(Counting::new(body, self.progress.clone()))
+    }
+
+    /// An upload's body onto the wire, rate-limited only: its progress is the VHD bytes
+    /// the packer reads ([`crate::bundle::pack::pack_with`]). Counting the gzipped
+    /// bytes here too added them to the same total — an upload ended at about twice
+    /// its size (199 % in syslog).
+    fn limited<'a, R: Read + Send + 'a>(&self, body: R) -> Box<dyn Read + Send + 'a> {
         match self.rate_limit {
-            Some(rate) => Box::new(RateLimited::new(counted, rate)),
-            None => Box::new(counted),
+            Some(rate) => Box::new(RateLimited::new(body, rate)),
+            None => Box::new(body),
         }
     }
 }

@@ -97,6 +97,11 @@ fn send(
         Ok(x) => x,
         Err(e) => return (Err(e.into()), None),
     };
+    crate::log::step(&format!(
+        "staged {} VHDs for upload in {}",
+        exported.members.len(),
+        exported.staging.path().display()
+    ));
     if let Err(e) = target.prepare() {
         return (Err(e.into()), None);
     }
@@ -133,7 +138,7 @@ fn send(
         });
         // The rate limit applies to what goes on the wire; the pipe's back-pressure
         // slows the compressors to match.
-        let mut body = HashingReader::new(transfer.wrap(reader));
+        let mut body = HashingReader::new(transfer.limited(reader));
         let sent = target.send(&mut body).map(|rec| (rec, body.digests()));
         let handed_over = body.at_eof().then(|| uploaded(body.digests()));
         // Let the producer see a closed pipe before waiting for it.
@@ -159,6 +164,10 @@ fn send(
         }
         (Err(e), Ok(())) => return (Err(e.into()), handed_over),
     };
+    crate::log::step(&format!(
+        "{} bytes sent, md5 {}; checking the store's record",
+        stream.bytes, stream.md5
+    ));
     let result = target
         .verify(&stream, v1_record)
         .map(|()| uploaded(stream))

@@ -13,6 +13,7 @@ mod bomb;
 mod chains;
 mod cli;
 mod corrupt;
+mod cron;
 mod download;
 mod drift;
 mod faults;
