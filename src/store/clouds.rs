@@ -340,11 +340,30 @@ fn find_file(
     Ok(None)
 }
 
-/// Read and parse one YAML (or JSON) file, bounded, merge keys applied.
+/// Read and parse one YAML (or JSON) file, bounded, merge keys applied. The file must be
+/// ours (or root's) and writable by nobody else: it says where our password goes and
+/// which images land in the SR, and `./clouds.yaml` is searched in whatever directory
+/// the tool runs from (a `/tmp` where any user can plant one).
 fn load(path: &Path, what: &str) -> Result<serde_json::Value, String> {
     let shown = path.display();
     let f =
         std::fs::File::open(path).map_err(|e| format!("{what} ({shown}): cannot read it: {e}"))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("{shown}: cannot read it: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "{shown} is owned by uid {}, not by this user or root: refusing to take a sign-in from it",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{shown} is writable by group or others (mode {:04o}): refusing to take a sign-in from it (chmod go-w)",
+            meta.mode() & 0o7777
+        ));
+    }
     let mut text = String::new();
     f.take(MAX_FILE + 1)
         .read_to_string(&mut text)
@@ -640,6 +659,33 @@ mod tests {
             &env
         )
         .is_err());
+    }
+
+    #[test]
+    fn files_others_can_change_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("clouds.yaml");
+        std::fs::write(
+            &f,
+            "clouds:\n  c:\n    auth:\n      auth_url: http://evil/v3\n      token: t\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let fs = f.display().to_string();
+        let env = env_of(&[("OS_CLIENT_CONFIG_FILE", &fs)]);
+        let given = Given {
+            cloud: Some("c"),
+            ..Given::default()
+        };
+        let e = resolve(&given, &env).unwrap_err();
+        assert!(e.contains("writable by group or others"), "{e}");
+        // Someone else's file (as root: chown it to nobody).
+        if nix::unistd::geteuid().is_root() {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+            nix::unistd::chown(&f, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let e = resolve(&given, &env).unwrap_err();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+        }
     }
 
     #[test]
