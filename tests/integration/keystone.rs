@@ -150,6 +150,9 @@ fn an_application_credential_from_clouds_yaml_uploads_and_downloads() {
     w.download_checked(&id, &["--os-cloud", s.get("CLOUD_APPCRED")], &file);
 }
 
+/// How a test gives the CA: its name, the flags, the environment.
+type Way<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+
 #[test]
 fn tls_with_the_ca_given_each_of_the_three_ways() {
     let _turn = stack::stack_turn();
@@ -164,7 +167,7 @@ fn tls_with_the_ca_given_each_of_the_three_ways() {
     };
     let cacert_env = with_ca(&[("OS_CACERT", s.cacert().to_string())]);
     let cloud_env = s.cloud_env("CLOUD_APPCRED");
-    let ways: [(&str, Vec<&str>, Vec<(&str, &str)>); 3] = [
+    let ways: [Way; 3] = [
         (
             "--cacert",
             vec!["--cacert", s.cacert()],
