@@ -121,6 +121,21 @@ fn new_lines(log: &[String], before: usize, needle: &str) -> Vec<String> {
         .collect()
 }
 
+/// Keystone's access log lines since `before` that contain `needle`, once gunicorn has
+/// written them: it logs a request after sending the answer, so the client may exit
+/// first. Waits for the first such line (at most 10 s), then a little longer for any
+/// later one.
+fn keystone_lines_settled(s: &Stack, before: usize, needle: &str) -> Vec<String> {
+    let t0 = std::time::Instant::now();
+    while new_lines(&s.keystone_log(), before, needle).is_empty()
+        && t0.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    new_lines(&s.keystone_log(), before, needle)
+}
+
 #[test]
 fn password_from_os_variables_uploads_and_downloads_through_the_catalog() {
     let _turn = stack::stack_turn();
@@ -248,7 +263,7 @@ fn a_wrong_password_or_secret_fails_once_naming_the_auth_url_and_is_never_shown(
     for (what, env) in [("password", password), ("application credential", appcred)] {
         let ks_before = s.keystone_log().len();
         let gl_before = s.glance_log().len();
-        let mut args = vec![
+        let args = [
             "upload",
             "--sr-path",
             w.sr.to_str().unwrap(),
@@ -260,8 +275,8 @@ fn a_wrong_password_or_secret_fails_once_naming_the_auth_url_and_is_never_shown(
             "--no-lock",
             "--retry-delay",
             "0.01",
+            "-v",
         ];
-        args.push("-v");
         let (o, syslog) = run_clean_logged(w.path(), &args, &env_refs(&env));
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(1), "{what}: {err}");
@@ -270,7 +285,7 @@ fn a_wrong_password_or_secret_fails_once_naming_the_auth_url_and_is_never_shown(
             "{what}: the message names the failure and the auth URL: {err}"
         );
         // Exactly one sign-in refused by Keystone: a wrong secret is not retried.
-        let refused = new_lines(&s.keystone_log(), ks_before, "POST /v3/auth/tokens");
+        let refused = keystone_lines_settled(s, ks_before, "POST /v3/auth/tokens");
         assert_eq!(refused.len(), 1, "{what}: {refused:?}\n{err}");
         assert!(refused[0].contains("\" 401 "), "{what}: {refused:?}");
         // Nothing reached Glance.
