@@ -14,13 +14,15 @@ SUDO         := $(if $(filter 0,$(shell id -u)),,sudo)
 # ring and other C code build with musl-gcc for the static target.
 export CC_x86_64_unknown_linux_musl := musl-gcc
 
-.PHONY: setup build test unit demo bench faults install uninstall fuzz clean fmt glance glance-stop
+.PHONY: setup build test unit demo bench faults install uninstall fuzz clean fmt glance glance-stop \
+        openstack openstack-stop
 
-setup: $(VENV)/.peers glance
+setup: $(VENV)/.peers glance openstack
 	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
 	@command -v musl-gcc >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq musl-tools; }
 	@command -v qemu-img >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq qemu-utils; }
 	@command -v strace >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq strace; }
+	@command -v openssl >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openssl; }
 
 # A real Glance 33 for the tests (pip venv in .venv-glance; the tests start it on
 # 127.0.0.1 and leave it running: `make glance-stop` stops it).
@@ -29,6 +31,15 @@ glance:
 
 glance-stop:
 	bash tests/glance/glance.sh stop
+
+# Keystone 30 added to that venv: the tests start a Keystone + a Glance that authenticates
+# through it (plain and TLS, tests/openstack/openstack.sh) and leave them running:
+# `make openstack-stop` stops both. `make demo` needs neither.
+openstack: glance
+	bash tests/openstack/openstack.sh install
+
+openstack-stop:
+	bash tests/openstack/openstack.sh stop --all
 
 # The Python peers the tests drive: libvhdi (independent VHD reader).
 $(VENV)/.peers: tests/peers/requirements.txt
