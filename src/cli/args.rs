@@ -122,8 +122,8 @@ impl Command {
 
 #[derive(Args, Debug)]
 pub struct SweepArgs {
-    #[arg(long)]
-    pub sr_path: PathBuf,
+    #[command(flatten)]
+    pub sr: SrArgs,
     /// Only directories older than this many seconds
     #[arg(long, default_value_t = 3600)]
     pub older_than: u64,
@@ -143,9 +143,8 @@ pub struct DownloadArgs {
     /// The image to download (http(s) endpoints)
     #[arg(long)]
     pub image_id: Option<String>,
-    /// The SR directory (/var/run/sr-mount/<sr-uuid>)
-    #[arg(long)]
-    pub sr_path: PathBuf,
+    #[command(flatten)]
+    pub sr: SrArgs,
     /// VDI UUIDs for 0.vhd, 1.vhd, … in this order (leaf first), lowercase and hyphenated
     /// as XenServer writes them, none already in the SR; generated if absent
     #[arg(long = "uuid", value_name = "UUID", value_parser = parse_vdi_uuid)]
@@ -159,6 +158,28 @@ pub struct DownloadArgs {
     /// Print the result as one JSON object (README "JSON output")
     #[arg(long)]
     pub json: bool,
+}
+
+/// Which SR: its directory, or its UUID (download, upload and sweep alike).
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct SrArgs {
+    /// The SR directory (/var/run/sr-mount/<sr-uuid>)
+    #[arg(long, value_name = "PATH")]
+    pub sr_path: Option<PathBuf>,
+    /// The SR by its UUID: short for --sr-path /var/run/sr-mount/<SR_UUID>
+    #[arg(long, value_name = "SR_UUID", value_parser = parse_sr_uuid)]
+    pub sr: Option<PathBuf>,
+}
+
+impl SrArgs {
+    /// The SR directory, however it was given.
+    pub fn path(&self) -> &std::path::Path {
+        match (&self.sr_path, &self.sr) {
+            (Some(p), _) | (None, Some(p)) => p,
+            (None, None) => unreachable!("clap requires --sr-path or --sr"),
+        }
+    }
 }
 
 /// What keeps a nightly job well-behaved (download and upload alike).
@@ -310,9 +331,8 @@ impl StoreArgs {
 pub struct UploadArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The SR directory (/var/run/sr-mount/<sr-uuid>)
-    #[arg(long)]
-    pub sr_path: PathBuf,
+    #[command(flatten)]
+    pub sr: SrArgs,
     /// VDI UUIDs of the chain, leaf first (repeatable)
     #[arg(long)]
     pub vdi: Vec<uuid::Uuid>,
@@ -526,6 +546,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// A VDI UUID by the rule the plugin applies too ([`crate::sr::parse_vdi_uuid`]).
 fn parse_vdi_uuid(s: &str) -> Result<String, String> {
     crate::sr::parse_vdi_uuid(s).map_err(|e| e.to_string())
+}
+
+/// `--sr`: an SR UUID by the VDI UUID rule, as the directory it names
+/// ([`crate::sr::sr_path_of`]).
+fn parse_sr_uuid(s: &str) -> Result<PathBuf, String> {
+    crate::sr::sr_path_of(s).map_err(|e| e.to_string())
 }
 
 /// A rate in bytes a second: a size (`50M`), not zero.

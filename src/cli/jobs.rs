@@ -252,24 +252,24 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
         ));
     }
     // The SR and the UUIDs before the lock and the first request (exit 3).
-    crate::sr::check_sr_dir(&a.sr_path)?;
+    crate::sr::check_sr_dir(a.sr.path())?;
     // The plugin's uuid_stack is popped from the end: leaf-first flags, reversed.
     let uuid_stack: Option<Vec<String>> =
         (!a.uuids.is_empty()).then(|| a.uuids.iter().rev().cloned().collect());
     if let Some(stack) = &uuid_stack {
-        crate::sr::check_new_vdis(&a.sr_path, "--uuid", stack)?;
+        crate::sr::check_new_vdis(a.sr.path(), "--uuid", stack)?;
     }
     let what = match &a.image_id {
         Some(id) if http => format!("download of image {id}"),
         _ => format!("download of {}", a.store.endpoints[0]),
     };
-    let mut job = Job::start(&a.job, &a.store, &a.sr_path, what.clone())?;
+    let mut job = Job::start(&a.job, &a.store, a.sr.path(), what.clone())?;
     if a.store.endpoints[0] == "-" {
         // Standard input cannot be read twice.
         job.policy.retries = 0;
     }
     let opts = ImportOptions {
-        sr_path: a.sr_path.clone(),
+        sr_path: a.sr.path().to_path_buf(),
         uuid_stack,
         lock_dir: a.lock_dir.clone(),
         transfer: job.transfer(&a.job),
@@ -295,7 +295,7 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
     summary.say(&format!(
         "{what}: {} into {} (leaf {})",
         vhds(imp.uuids.len()),
-        a.sr_path.display(),
+        a.sr.path().display(),
         imp.root_uuid()
     ));
     if a.json {
@@ -348,14 +348,14 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
     };
     // A list that is not a chain is refused before --create makes an image for it
     // (each attempt checks again before it sends).
-    crate::sr::check_chain(&a.sr_path, &spec)?;
+    crate::sr::check_chain(a.sr.path(), &spec)?;
     let what = match (&a.image_id, &a.name) {
         (Some(id), _) if http => format!("upload to image {id}"),
         (None, Some(name)) => format!("upload to a new image {name:?}"),
         _ => format!("upload to {}", a.store.endpoints[0]),
     };
-    crate::sr::check_sr_dir(&a.sr_path)?;
-    let job = Job::start(&a.job, &a.store, &a.sr_path, what.clone())?;
+    crate::sr::check_sr_dir(a.sr.path())?;
+    let job = Job::start(&a.job, &a.store, a.sr.path(), what.clone())?;
     // The image: given, or created once (retried like the upload, on the next endpoint).
     let image_id = match (&a.image_id, &a.name) {
         _ if !http => None,
@@ -371,7 +371,7 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
         }
         (None, None) => unreachable!("checked above: --image-id or --create --name"),
     };
-    let mut uploader = Uploader::new(&a.sr_path, &spec, pack, job.transfer(&a.job));
+    let mut uploader = Uploader::new(a.sr.path(), &spec, pack, job.transfer(&a.job));
     let result = job.retry(&a.store, &what, |n| {
         let endpoint = a.store.endpoint(n);
         let target = match &image_id {
@@ -424,8 +424,8 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
 
 /// Remove staging directories left by killed processes.
 pub fn sweep(a: &SweepArgs) -> Result<ExitCode, CliError> {
-    crate::sr::check_sr_dir(&a.sr_path)?;
-    let swept = crate::sr::sweep(&a.sr_path, Duration::from_secs(a.older_than), &a.lock_dir)?;
+    crate::sr::check_sr_dir(a.sr.path())?;
+    let swept = crate::sr::sweep(a.sr.path(), Duration::from_secs(a.older_than), &a.lock_dir)?;
     if a.json {
         output::json(&serde_json::json!({ "swept": swept }));
     } else if verbosity() >= 0 {
