@@ -81,6 +81,14 @@ pub enum Command {
 
 Prints the new VDI UUIDs (leaf first) on stdout, or one JSON object with --json.
 
+Then, when xapi's socket is there (dom0), xapi is told: SR.scan, and the new leaf
+VDI gets a name label (--name-label, default the image's name) and a description
+(image id, when), so `xe vdi-list` shows it at once:
+  glance-vhd download --image-id $IMAGE --sr $SR --name-label web-base
+--no-scan skips this. If telling xapi fails, the download still succeeded: exit 0,
+the UUIDs on stdout, a warning on stderr and in syslog; `xe sr-scan uuid=$SR`
+finishes the job.
+
 ",
         exit_codes!()
     ))]
@@ -153,6 +161,14 @@ pub struct DownloadArgs {
     /// chain moves into the SR)
     #[arg(long, default_value_os_t = crate::sr::sm_lock_dir())]
     pub lock_dir: PathBuf,
+    /// The new leaf VDI's name label in xapi [default: the image's name in Glance, or
+    /// the file's name; the image id if it has none]
+    #[arg(long, value_name = "TEXT", value_parser = parse_name_label)]
+    pub name_label: Option<String>,
+    /// Do not tell xapi: no SR.scan, no name label or description (the VDIs appear at
+    /// the SR's next scan)
+    #[arg(long, conflicts_with = "name_label")]
+    pub no_scan: bool,
     #[command(flatten)]
     pub job: JobArgs,
     /// Print the result as one JSON object (README "JSON output")
@@ -546,6 +562,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// A VDI UUID by the rule the plugin applies too ([`crate::sr::parse_vdi_uuid`]).
 fn parse_vdi_uuid(s: &str) -> Result<String, String> {
     crate::sr::parse_vdi_uuid(s).map_err(|e| e.to_string())
+}
+
+/// `--name-label`: any text without control characters (the admin's own words; `xe`
+/// prints a label raw to a terminal).
+fn parse_name_label(s: &str) -> Result<String, String> {
+    if s.chars().any(char::is_control) {
+        return Err("a control character (newline, escape, …) is not accepted in a label".into());
+    }
+    Ok(s.to_string())
 }
 
 /// `--sr`: an SR UUID by the VDI UUID rule, as the directory it names

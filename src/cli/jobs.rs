@@ -16,7 +16,7 @@ use crate::bundle::pack::{self, PackOptions};
 use crate::error::{chain, Kind};
 use crate::progress::{Display, Monitor, Progress};
 use crate::sr::{ChainSpec, JobLock};
-use crate::store::{Digests, Location, Source, Target};
+use crate::store::{Digests, Expected, Location, Source, Target};
 use crate::transfer::{self, ImportOptions, Transfer, Uploader};
 
 #[derive(Debug, serde::Serialize)]
@@ -237,6 +237,8 @@ struct DownloadReport<'a> {
     vhd_bytes: u64,
     stream: &'a Digests,
     summary: &'a Summary,
+    /// What xapi was told (README "Downloads in xapi").
+    xapi: &'a super::scan::Outcome,
 }
 
 #[derive(serde::Serialize)]
@@ -252,7 +254,7 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
         ));
     }
     // The SR and the UUIDs before the lock and the first request (exit 3).
-    crate::sr::check_sr_dir(a.sr.path())?;
+    let sr_uuid = crate::sr::check_sr_dir(a.sr.path())?;
     // The plugin's uuid_stack is popped from the end: leaf-first flags, reversed.
     let uuid_stack: Option<Vec<String>> =
         (!a.uuids.is_empty()).then(|| a.uuids.iter().rev().cloned().collect());
@@ -298,6 +300,8 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
         a.sr.path().display(),
         imp.root_uuid()
     ));
+    let (label, description) = xapi_label(a, http, &d.expected, &summary);
+    let xapi = super::scan::tell_xapi(a.no_scan, &sr_uuid, imp.root_uuid(), label, description);
     if a.json {
         output::json(&DownloadReport {
             root: Root {
@@ -308,6 +312,7 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
             vhd_bytes: imp.bytes,
             stream: &d.stream,
             summary: &summary,
+            xapi: &xapi,
         });
     } else {
         for u in &imp.uuids {
@@ -315,6 +320,38 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The leaf VDI's name label in xapi — `--name-label`, else the image's name as the
+/// store gives it (made printable), else the Glance image id; none for standard input
+/// — and its description: where the image came from and when (an endpoint has no
+/// password, [`crate::store::check_endpoint`]; never a token or a header).
+fn xapi_label(
+    a: &DownloadArgs,
+    http: bool,
+    expected: &Expected,
+    summary: &Summary,
+) -> (Option<String>, String) {
+    let image_id = a.image_id.as_deref().filter(|_| http);
+    let label = a.name_label.clone().or_else(|| {
+        let name = expected.name.as_deref().filter(|n| !n.trim().is_empty());
+        name.map(super::scan::printable)
+            .or_else(|| image_id.map(str::to_string))
+    });
+    let endpoint = crate::store::redact(&summary.endpoint);
+    let from = match image_id {
+        Some(id) => format!("Glance image {id} at {endpoint}"),
+        None if endpoint == "-" => "standard input".to_string(),
+        None => super::scan::printable(&endpoint),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let when = crate::vhd::info::rfc3339(now);
+    (
+        label,
+        format!("Downloaded by glance-vhd from {from} on {when}"),
+    )
 }
 
 pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
