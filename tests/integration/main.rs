@@ -29,3 +29,4 @@ mod relink_io;
 mod samples;
 mod store_v1;
 mod upload;
+mod xapi_scan;

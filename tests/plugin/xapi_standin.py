@@ -78,7 +78,7 @@ VHD_NAME = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 
 def vhd_facts(path):
     """What sm reads of a VHD on a scan (vhd-util query -v -p -f): virtual size, hidden
-    flag, parent UUID. The footer is the last 512 bytes (its copy at offset 0 if the
+    flag, parent VDI. The footer is the last 512 bytes (its copy at offset 0 if the
     end is torn); a differencing disk names its parent in the dynamic header."""
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
@@ -96,9 +96,12 @@ def vhd_facts(path):
         hidden = footer[85] != 0
         parent = None
         if disk_type == 4:
-            f.seek(data_offset + 40)
-            p = f.read(16).hex()
-            parent = "%s-%s-%s-%s-%s" % (p[:8], p[8:12], p[12:16], p[16:20], p[20:])
+            # sm's vhd-parent is the parent's VDI UUID, taken from its file name
+            # (vhdutil.getParent with extractUuid), not the VHD's parent unique id:
+            # the dynamic header's parent name, UTF-16BE at offset 64.
+            f.seek(data_offset + 64)
+            name = f.read(512).decode("utf-16-be", "replace").split("\0", 1)[0]
+            parent = os.path.basename(name)[: -len(".vhd")] if name.endswith(".vhd") else name
     return {"virtual_size": virtual, "physical_utilisation": size, "hidden": hidden, "parent": parent}
 
 
