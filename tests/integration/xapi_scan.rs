@@ -82,16 +82,18 @@ impl Dom0 {
             .unwrap()
     }
 
-    /// A download of the tarball into this SR by `--sr UUID`, then `extra`.
+    /// A download of the tarball into this SR (`--sr-path`: the scan needs no new
+    /// flag), then `extra`.
     fn download(&self, socket: &Path, extra: &[&str]) -> Output {
         let url = self.tgz_url();
         let lock = self.dir.path().join("lock");
+        let sr = self.sr();
         let mut args = vec![
             "download",
             "--endpoint",
             &url,
-            "--sr",
-            &self.sr_uuid,
+            "--sr-path",
+            sr.to_str().unwrap(),
             "--lock-dir",
             lock.to_str().unwrap(),
             "--no-lock",
@@ -197,6 +199,7 @@ fn glance_image_name_becomes_the_label() {
         .to_string();
     let x = d.xapi(&[]);
     let lock = d.dir.path().join("lock");
+    let sr = d.sr();
     let o = d.run(
         &x.socket(),
         &[
@@ -207,8 +210,8 @@ fn glance_image_name_becomes_the_label() {
             TOKEN,
             "--image-id",
             &id,
-            "--sr",
-            &d.sr_uuid,
+            "--sr-path",
+            sr.to_str().unwrap(),
             "--lock-dir",
             lock.to_str().unwrap(),
             "--no-lock",
@@ -397,7 +400,22 @@ fn failed_label_and_unknown_sr_warn_and_exit_0() {
 fn sr_uuid_is_short_for_the_mount_path() {
     let d = Dom0::new();
     let nowhere = d.dir.path().join("no-xapi.sock");
-    let o = d.download(&nowhere, &[]);
+    let url = d.tgz_url();
+    let lock = d.dir.path().join("lock");
+    let lock = lock.to_str().unwrap();
+    let o = d.run(
+        &nowhere,
+        &[
+            "download",
+            "--endpoint",
+            &url,
+            "--sr",
+            &d.sr_uuid,
+            "--lock-dir",
+            lock,
+            "--no-lock",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let leaf = stdout(&o).lines().next().unwrap().to_string();
     assert!(d.sr().join(format!("{leaf}.vhd")).exists());
@@ -443,7 +461,6 @@ fn sr_uuid_is_short_for_the_mount_path() {
         &d.sr_uuid.replace('-', ""),
         "00000000-0000-0000-0000-000000000000",
     ] {
-        let url = d.tgz_url();
         for args in [
             vec!["download", "--endpoint", &url, "--sr", bad],
             vec!["sweep", "--sr", bad],
