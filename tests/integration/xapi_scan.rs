@@ -186,6 +186,22 @@ fn download_appears_in_xapi_with_the_file_name() {
         "{}",
         stderr(&o)
     );
+
+    // A scan forgets the VDIs whose files are gone, as xapi's does for a file SR.
+    for u in &chain {
+        std::fs::remove_file(d.sr().join(format!("{u}.vhd"))).unwrap();
+    }
+    let o = d.download(&x.socket(), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    let mut listed: Vec<String> = vdi_list(&x, &d.sr_uuid)
+        .iter()
+        .map(|r| r["uuid"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    let mut want = again.clone();
+    want.sort();
+    assert_eq!(listed, want);
 }
 
 #[test]
