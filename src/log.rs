@@ -58,3 +58,18 @@ pub fn warn(msg: &str) {
 pub fn error(msg: &str) {
     log(Level::Error, msg)
 }
+
+/// Where request lines go (`-vv`): set once by the front end; off by default.
+static TRACE: std::sync::OnceLock<fn(&str)> = std::sync::OnceLock::new();
+
+/// Route [`trace`] lines to `sink` (the CLI's stderr at `-vv`). The first call wins.
+pub fn set_trace(sink: fn(&str)) {
+    let _ = TRACE.set(sink);
+}
+
+/// One line per request (method, redacted URL, status): never a header or a body.
+pub fn trace(msg: &str) {
+    if let Some(sink) = TRACE.get() {
+        sink(&crate::error::cap(msg));
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::store::glance::{self, Api, Glance, GlanceConfig};
-use crate::store::StoreError;
+use crate::store::{clouds, Remote, StoreError};
 use crate::vhd::{self, create::Stamp};
 
 macro_rules! exit_codes {
@@ -230,25 +230,28 @@ pub struct JobArgs {
 #[derive(Args, Debug)]
 pub struct StoreArgs {
     /// The image store: http(s)://glance:9292[/prefix], file:///path/image.tgz, or -.
-    /// Repeat for several Glance servers: each retry moves to the next
+    /// Repeat for several Glance servers: each retry moves to the next. Default: the
+    /// image endpoint in the Keystone catalog (with OS_AUTH_URL or --os-cloud)
     #[arg(
         long = "endpoint",
         env = "OS_IMAGE_URL",
         hide_env_values = true,
-        required = true,
         value_name = "URL"
     )]
     pub endpoints: Vec<String>,
-    /// Keystone token, sent as X-Auth-Token
+    /// Sign in with this cloud of clouds.yaml (README "Signing in")
+    #[arg(long, env = "OS_CLOUD", value_name = "NAME")]
+    pub os_cloud: Option<String>,
+    /// Keystone token, sent as X-Auth-Token (a fixed token expires: prefer a sign-in)
     #[arg(long, env = "OS_AUTH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Glance API version
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
-    pub api_version: u8,
+    /// Glance API version [default: 2]
+    #[arg(long, env = "OS_IMAGE_API_VERSION", value_parser = parse_api_version)]
+    pub api_version: Option<u8>,
     /// Extra request header, e.g. 'X-Auth-Token: …' (repeatable)
     #[arg(long = "header", value_name = "'NAME: VALUE'")]
     pub headers: Vec<String>,
-    /// A CA certificate (PEM) to trust besides the system bundle
+    /// A CA certificate (PEM) to trust besides the system bundle (Glance and Keystone)
     #[arg(long, env = "OS_CACERT")]
     pub cacert: Option<PathBuf>,
     /// Do not verify TLS certificates (logged)
@@ -269,14 +272,65 @@ fn is_http(endpoint: &str) -> bool {
     endpoint.starts_with("http://") || endpoint.starts_with("https://")
 }
 
+/// The store a job talks to, resolved from the flags, `OS_*` and clouds.yaml.
+pub struct Store {
+    /// Glance (given endpoints or the catalog's); `None`: the one local endpoint.
+    pub remote: Option<Remote>,
+    local: String,
+    /// TLS verification is off (`--insecure`, or the cloud's `verify: false`).
+    pub insecure: bool,
+    /// What the admin should fix (said once at the start of the job).
+    pub warnings: Vec<String>,
+    /// Where the sign-in came from, for `-v`.
+    pub origin: String,
+}
+
+impl Store {
+    pub fn is_glance(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// The local endpoint (`file:///…` or `-`).
+    pub fn local(&self) -> &str {
+        &self.local
+    }
+
+    /// The endpoint of attempt `n` for a message, without a request.
+    pub fn describe(&self, n: u32) -> String {
+        match &self.remote {
+            Some(r) => r.describe(n),
+            None => crate::store::redact(&self.local),
+        }
+    }
+
+    /// The endpoint attempt `n` used (after it ran: the catalog is known by then).
+    pub fn endpoint(&self, n: u32) -> String {
+        match &self.remote {
+            Some(r) => r
+                .endpoint(n)
+                .map(|e| crate::store::redact(&e))
+                .unwrap_or_else(|_| r.describe(n)),
+            None => crate::store::redact(&self.local),
+        }
+    }
+
+    pub fn glance(&self, n: u32) -> Result<Glance, StoreError> {
+        match &self.remote {
+            Some(r) => r.glance(n),
+            None => Err(StoreError::Unsupported(self.describe(n))),
+        }
+    }
+}
+
 impl StoreArgs {
-    /// The usage rules clap cannot express; `Ok(true)` if the endpoints are Glance
-    /// servers. All endpoints are Glance servers, or there is one local endpoint; the
-    /// headers and the token follow the store's header rule. Flag *values* are checked
-    /// here, not by clap, so that a token or a header value never appears in an error
-    /// message (clap quotes the value it refuses).
-    pub fn check(&self) -> Result<bool, String> {
-        self.headers()?;
+    /// The usage rules clap cannot express, and the sign-in: all endpoints are Glance
+    /// servers (or none, for the catalog's), or there is one local endpoint; the headers
+    /// and the token follow the store's header rule; clouds.yaml and the `OS_*`
+    /// variables make a complete sign-in. Flag *values* are checked here, not by clap,
+    /// so that a token or a header value never appears in an error message (clap quotes
+    /// the value it refuses).
+    pub fn resolve(&self) -> Result<Store, String> {
+        let headers = self.headers()?;
         if let Some(t) = &self.token {
             crate::store::check_header("X-Auth-Token", t)
                 .map_err(|rule| format!("--token (or OS_AUTH_TOKEN): {rule}"))?;
@@ -285,22 +339,67 @@ impl StoreArgs {
             crate::store::check_endpoint(e)?;
         }
         let http = self.endpoints.iter().filter(|e| is_http(e)).count();
-        let http = match (http, self.endpoints.len()) {
-            (h, n) if h == n => true,
-            (0, 1) => false,
+        match (http, self.endpoints.len()) {
+            (h, n) if h == n => {}
+            (0, 1) => {
+                return Ok(Store {
+                    remote: None,
+                    local: self.endpoints[0].clone(),
+                    insecure: false,
+                    warnings: Vec::new(),
+                    origin: String::new(),
+                })
+            }
             _ => {
                 return Err(format!(
                     "--endpoint {}: several endpoints must all be http(s) Glance servers",
                     self.endpoints.join(" --endpoint ")
                 ))
             }
+        }
+        let access = clouds::resolve(
+            &clouds::Given {
+                cloud: self.os_cloud.as_deref(),
+                token: self.token.as_deref(),
+                cacert: self.cacert.as_deref(),
+                insecure: self.insecure,
+                endpoint_given: !self.endpoints.is_empty(),
+            },
+            &|k| std::env::var(k).ok(),
+        )?;
+        let endpoints = if self.endpoints.is_empty() {
+            access.image_endpoint.iter().cloned().collect()
+        } else {
+            self.endpoints.clone()
         };
-        // The CA file is read now, not at the first connection: a wrong path or file is a
-        // configuration error naming the flag, not a failed download.
-        if let (true, false, Some(ca)) = (http, self.insecure, &self.cacert) {
+        let api_version = match (self.api_version, &access.image_api_version) {
+            (Some(v), _) => v,
+            (None, Some(v)) => parse_api_version(v)
+                .map_err(|e| format!("{}: image_api_version: {e}", access.origin))?,
+            (None, None) => 2,
+        };
+        let api = if api_version == 1 { Api::V1 } else { Api::V2 };
+        let mut cfg = GlanceConfig::new("", api);
+        cfg.headers = headers;
+        crate::store::merge_token(&mut cfg.headers, access.token.as_ref().map(|t| t.expose()));
+        // The CA file is read now, not at the first connection: a wrong path or file is
+        // a configuration error naming the flag, not a failed download.
+        if let (false, Some(ca)) = (access.insecure, &access.cacert) {
             glance::load_cacert(ca)?;
         }
-        Ok(http)
+        cfg.cacert = access.cacert.clone();
+        cfg.insecure = access.insecure;
+        cfg.connect_timeout = Duration::from_secs(self.connect_timeout);
+        cfg.idle_timeout = Duration::from_secs(self.idle_timeout);
+        cfg.deadline = self.deadline.map(Duration::from_secs);
+        let remote = Remote::new(cfg, &endpoints, access.sign_in).map_err(|e| e.to_string())?;
+        Ok(Store {
+            remote: Some(remote),
+            local: String::new(),
+            insecure: access.insecure,
+            warnings: access.warnings,
+            origin: access.origin,
+        })
     }
 
     /// `--header 'K: V'` → (K, V), by the store's header rule.
@@ -317,27 +416,14 @@ impl StoreArgs {
             })
             .collect()
     }
+}
 
-    /// The endpoint for attempt `n` (0-based): round robin.
-    pub fn endpoint(&self, n: u32) -> &str {
-        &self.endpoints[n as usize % self.endpoints.len()]
-    }
-
-    pub fn glance(&self, endpoint: &str) -> Result<Glance, StoreError> {
-        let api = if self.api_version == 1 {
-            Api::V1
-        } else {
-            Api::V2
-        };
-        let mut cfg = GlanceConfig::new(endpoint, api);
-        cfg.headers = self.headers().map_err(StoreError::Config)?;
-        crate::store::merge_token(&mut cfg.headers, self.token.as_deref());
-        cfg.cacert = self.cacert.clone();
-        cfg.insecure = self.insecure;
-        cfg.connect_timeout = Duration::from_secs(self.connect_timeout);
-        cfg.idle_timeout = Duration::from_secs(self.idle_timeout);
-        cfg.deadline = self.deadline.map(Duration::from_secs);
-        Glance::new(cfg)
+/// `2`, `2.0`, `2.1`, `1`: the major version (`OS_IMAGE_API_VERSION` is often `2.0`).
+fn parse_api_version(s: &str) -> Result<u8, String> {
+    match s.split('.').next() {
+        Some("1") => Ok(1),
+        Some("2") => Ok(2),
+        _ => Err(format!("{s:?}: the Glance API version is 1 or 2")),
     }
 }
 

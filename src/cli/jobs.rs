@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::args::{DownloadArgs, JobArgs, StoreArgs, SweepArgs, UploadArgs};
+use super::args::{DownloadArgs, JobArgs, Store, SweepArgs, UploadArgs};
 use super::output::{self, say, verbosity, CliError};
 use crate::bundle::pack::{self, PackOptions};
 use crate::error::{chain, Kind};
@@ -38,7 +38,7 @@ impl Summary {
     /// `attempts` were made on `store`'s endpoints in turn; the last one succeeded.
     fn new(
         image_id: Option<&str>,
-        store: &StoreArgs,
+        store: &Store,
         attempts: u32,
         stream: &Digests,
         took: Duration,
@@ -46,7 +46,7 @@ impl Summary {
         let seconds = took.as_secs_f64();
         Summary {
             image_id: image_id.map(str::to_string),
-            endpoint: store.endpoint(attempts.saturating_sub(1)).to_string(),
+            endpoint: store.endpoint(attempts.saturating_sub(1)),
             attempts,
             bytes: stream.bytes,
             seconds: (seconds * 1000.0).round() / 1000.0,
@@ -98,10 +98,17 @@ impl Job {
     /// that waits for the lock shows no bar and one that is refused changed nothing.
     fn start(
         args: &JobArgs,
-        store: &StoreArgs,
+        store: &Store,
         sr_path: &Path,
         label: String,
     ) -> Result<Job, CliError> {
+        for w in &store.warnings {
+            say(0, &format!("warning: {w}"));
+            crate::log::syslog(crate::log::Level::Warning, &format!("{label}: {w}"));
+        }
+        if !store.origin.is_empty() {
+            say(1, &format!("signing in with {}", store.origin));
+        }
         if store.insecure {
             // Always on record: in syslog even with --quiet, for whoever audits the host.
             let w = "TLS certificate verification is disabled (--insecure)";
@@ -158,7 +165,7 @@ impl Job {
     /// Run `attempt(endpoint_index)` with the retry policy, logging each retry.
     fn retry<T, E: StdError + Kind>(
         &self,
-        store: &StoreArgs,
+        store: &Store,
         what: &str,
         mut attempt: impl FnMut(u32) -> Result<T, E>,
     ) -> Result<(T, u32), E> {
@@ -170,7 +177,7 @@ impl Job {
                 self.progress.reset();
                 say(
                     1,
-                    &format!("{what}: attempt {} via {}", n + 1, store.endpoint(n)),
+                    &format!("{what}: attempt {} via {}", n + 1, store.describe(n)),
                 );
                 attempt(n)
             },
@@ -182,7 +189,7 @@ impl Job {
                         self.policy.retries + 1,
                         chain(e),
                         pause.as_secs_f64(),
-                        store.endpoint(n)
+                        store.describe(n)
                     ),
                 )
             },
@@ -247,7 +254,8 @@ struct Root<'a> {
 }
 
 pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
-    let http = a.store.check().map_err(CliError::usage)?;
+    let store = a.store.resolve().map_err(CliError::usage)?;
+    let http = store.is_glance();
     if http && a.image_id.is_none() {
         return Err(CliError::usage(
             "--image-id is required with an http(s) endpoint",
@@ -263,10 +271,10 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
     }
     let what = match &a.image_id {
         Some(id) if http => format!("download of image {id}"),
-        _ => format!("download of {}", a.store.endpoints[0]),
+        _ => format!("download of {}", store.describe(0)),
     };
-    let mut job = Job::start(&a.job, &a.store, a.sr.path(), what.clone())?;
-    if a.store.endpoints[0] == "-" {
+    let mut job = Job::start(&a.job, &store, a.sr.path(), what.clone())?;
+    if !http && store.local() == "-" {
         // Standard input cannot be read twice.
         job.policy.retries = 0;
     }
@@ -276,11 +284,10 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
         lock_dir: a.lock_dir.clone(),
         transfer: job.transfer(&a.job),
     };
-    let result = job.retry(&a.store, &what, |n| {
-        let endpoint = a.store.endpoint(n);
+    let result = job.retry(&store, &what, |n| {
         let source = match &a.image_id {
-            Some(id) if http => Source::Glance(a.store.glance(endpoint)?, id.clone()),
-            _ => Source::Local(Location::parse(endpoint)?),
+            Some(id) if http => Source::Glance(store.glance(n)?, id.clone()),
+            _ => Source::Local(Location::parse(store.local())?),
         };
         transfer::download(&source, &opts)
     });
@@ -289,7 +296,7 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
     let imp = &d.imported;
     let summary = Summary::new(
         a.image_id.as_deref().filter(|_| http),
-        &a.store,
+        &store,
         attempts,
         &d.stream,
         took,
@@ -355,8 +362,9 @@ fn xapi_label(
 }
 
 pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
-    let http = a.store.check().map_err(CliError::usage)?;
-    if !http && a.store.endpoints[0] == "-" && a.json {
+    let store = a.store.resolve().map_err(CliError::usage)?;
+    let http = store.is_glance();
+    if !http && store.local() == "-" && a.json {
         return Err(CliError::usage(
             "--json with --endpoint -: stdout carries the image",
         ));
@@ -389,19 +397,17 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
     let what = match (&a.image_id, &a.name) {
         (Some(id), _) if http => format!("upload to image {id}"),
         (None, Some(name)) => format!("upload to a new image {name:?}"),
-        _ => format!("upload to {}", a.store.endpoints[0]),
+        _ => format!("upload to {}", store.describe(0)),
     };
     crate::sr::check_sr_dir(a.sr.path())?;
-    let job = Job::start(&a.job, &a.store, a.sr.path(), what.clone())?;
+    let job = Job::start(&a.job, &store, a.sr.path(), what.clone())?;
     // The image: given, or created once (retried like the upload, on the next endpoint).
     let image_id = match (&a.image_id, &a.name) {
         _ if !http => None,
         (Some(id), _) => Some(id.clone()),
         (None, Some(name)) => {
-            let (id, _) = job.retry(&a.store, "create the image", |n| {
-                a.store
-                    .glance(a.store.endpoint(n))?
-                    .create(name, &a.properties)
+            let (id, _) = job.retry(&store, "create the image", |n| {
+                store.glance(n)?.create(name, &a.properties)
             })?;
             say(0, &format!("created image {id}"));
             Some(id)
@@ -409,8 +415,7 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
         (None, None) => unreachable!("checked above: --image-id or --create --name"),
     };
     let mut uploader = Uploader::new(a.sr.path(), &spec, pack, job.transfer(&a.job));
-    let result = job.retry(&a.store, &what, |n| {
-        let endpoint = a.store.endpoint(n);
+    let result = job.retry(&store, &what, |n| {
         let target = match &image_id {
             Some(id) => {
                 if n > 0 {
@@ -419,12 +424,12 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
                     say(1, &format!("checking that image {id} is still queued"));
                 }
                 Target::Glance {
-                    glance: a.store.glance(endpoint)?,
+                    glance: store.glance(n)?,
                     image_id: id.clone(),
                     properties: a.properties.clone(),
                 }
             }
-            None => Target::Local(Location::parse(endpoint)?),
+            None => Target::Local(Location::parse(store.local())?),
         };
         uploader.attempt(&target)
     });
@@ -438,7 +443,7 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
             ),
         );
     }
-    let summary = Summary::new(image_id.as_deref(), &a.store, attempts, &up.stream, took);
+    let summary = Summary::new(image_id.as_deref(), &store, attempts, &up.stream, took);
     summary.say(&format!(
         "{what}: {} (leaf {})",
         vhds(up.uuids.len()),

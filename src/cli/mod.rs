@@ -42,6 +42,8 @@ pub fn main() -> ExitCode {
     } else {
         cli.verbose.min(2) as i8
     });
+    // `-vv`: one line per request, from the store's clients.
+    crate::log::set_trace(|line| output::say(2, line));
     let json = cli.command.json();
     let result = match cli.command {
         Command::Vhd(cmd) => vhd::run(cmd),

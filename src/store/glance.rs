@@ -8,10 +8,12 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
+use super::keystone::Session;
 use super::{Expected, StoreError};
 
 /// Which Glance API to speak.
@@ -37,6 +39,9 @@ pub struct GlanceConfig {
     pub idle_timeout: Duration,
     /// The whole transfer must finish within this, if set.
     pub deadline: Option<Duration>,
+    /// A Keystone session: every request carries its current token as `X-Auth-Token`,
+    /// renewed when it nears its expiry, and once more after a 401.
+    pub auth: Option<Arc<Session>>,
 }
 
 /// How long to wait for a connection, by default (`--connect-timeout`).
@@ -55,6 +60,7 @@ impl GlanceConfig {
             connect_timeout: CONNECT_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
             deadline: None,
+            auth: None,
         }
     }
 }
@@ -80,21 +86,43 @@ impl Glance {
         for (k, v) in &cfg.headers {
             super::check_header(k, v).map_err(StoreError::Config)?;
         }
-        let tls = tls_config(&cfg)?;
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .tls_config(tls)
-            .timeout_connect(Some(cfg.connect_timeout))
-            .timeout_per_read(Some(cfg.idle_timeout))
-            // An upload into a server that stopped reading stalls in write(2): the same
-            // idle limit applies.
-            .timeout_per_write(Some(cfg.idle_timeout))
-            .timeout_global(cfg.deadline)
-            .user_agent(concat!("glance-vhd/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
+        if cfg.auth.is_some()
+            && cfg
+                .headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("x-auth-token"))
+        {
+            return Err(StoreError::Config(
+                "an X-Auth-Token header and a Keystone sign-in are both given: use one".into(),
+            ));
+        }
+        let agent = agent(&cfg)?;
         Ok(Glance { agent, cfg })
+    }
+
+    /// Send a request that can be sent again (no streamed body) with the session's token:
+    /// after a 401, once more with a new token. Without a session, as it is.
+    fn authed(
+        &self,
+        url: &str,
+        send: impl Fn(Option<&str>) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<ureq::http::Response<ureq::Body>, StoreError> {
+        let Some(auth) = &self.cfg.auth else {
+            return send(None).map_err(|e| StoreError::transport(url, e));
+        };
+        let token = auth.token()?;
+        let resp = send(Some(token.expose())).map_err(|e| StoreError::transport(url, e))?;
+        if resp.status().as_u16() != 401 {
+            return Ok(resp);
+        }
+        // Refused before its time (revoked, or the clocks disagree): one new token. A
+        // second 401 is the store's final word.
+        crate::log::trace(&format!(
+            "{}: HTTP 401: signing in again",
+            super::redact(url)
+        ));
+        let token = auth.renew()?;
+        send(Some(token.expose())).map_err(|e| StoreError::transport(url, e))
     }
 
     /// `endpoint` + `path`, without `//` whatever the endpoint's trailing slash.
@@ -111,11 +139,22 @@ impl Glance {
     }
 
     fn get(&self, url: &str) -> Result<ureq::http::Response<ureq::Body>, StoreError> {
-        let mut req = self.agent.get(url);
-        for (k, v) in &self.cfg.headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        req.call().map_err(|e| StoreError::transport(url, e))
+        self.authed(url, |token| {
+            let mut req = self.agent.get(url);
+            for (k, v) in self.headers(token) {
+                req = req.header(k, v);
+            }
+            req.call()
+        })
+    }
+
+    /// The caller's headers, and the session's token.
+    fn headers<'a>(&'a self, token: Option<&'a str>) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.cfg
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(token.map(|t| ("X-Auth-Token", t)))
     }
 
     /// Open the image body for download, with what the store says it should hash to.
@@ -268,14 +307,19 @@ impl Record {
 const JSON_PATCH: &str = "application/openstack-images-v2.1-json-patch";
 
 impl Glance {
-    fn request(&self, method: &str, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+    fn request(
+        &self,
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+    ) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
         let mut req = match method {
             "PUT" => self.agent.put(url),
             "PATCH" => self.agent.patch(url),
             _ => self.agent.post(url),
         };
-        for (k, v) in &self.cfg.headers {
-            req = req.header(k.as_str(), v.as_str());
+        for (k, v) in self.headers(token) {
+            req = req.header(k, v);
         }
         req
     }
@@ -320,11 +364,12 @@ impl Glance {
         for (k, v) in properties {
             body.entry(k.clone()).or_insert_with(|| v.clone().into());
         }
-        let resp = self
-            .request("POST", &url)
-            .header("Content-Type", "application/json")
-            .send(serde_json::Value::Object(body).to_string())
-            .map_err(|e| StoreError::transport(&url, e))?;
+        let body = serde_json::Value::Object(body).to_string();
+        let resp = self.authed(&url, |token| {
+            self.request("POST", &url, token)
+                .header("Content-Type", "application/json")
+                .send(&body)
+        })?;
         let status = resp.status().as_u16();
         if status != 201 {
             return Err(StoreError::http_upload(&url, status, resp));
@@ -361,11 +406,12 @@ impl Glance {
                 for (k, v) in properties {
                     ops.push(serde_json::json!({"op": "add", "path": format!("/{}", json_pointer_escape(k)), "value": v}));
                 }
-                let resp = self
-                    .request("PATCH", &url)
-                    .header("Content-Type", JSON_PATCH)
-                    .send(serde_json::Value::Array(ops).to_string())
-                    .map_err(|e| StoreError::transport(&url, e))?;
+                let body = serde_json::Value::Array(ops).to_string();
+                let resp = self.authed(&url, |token| {
+                    self.request("PATCH", &url, token)
+                        .header("Content-Type", JSON_PATCH)
+                        .send(&body)
+                })?;
                 let status = resp.status().as_u16();
                 if status != 200 {
                     return Err(StoreError::http_upload(&url, status, resp));
@@ -374,11 +420,13 @@ impl Glance {
             }
             Api::V1 | Api::V1Diablo => {
                 let url = self.url(&self.image_path(image_id));
-                let mut req = self.agent.head(&url);
-                for (k, v) in &self.cfg.headers {
-                    req = req.header(k.as_str(), v.as_str());
-                }
-                let resp = req.call().map_err(|e| StoreError::transport(&url, e))?;
+                let resp = self.authed(&url, |token| {
+                    let mut req = self.agent.head(&url);
+                    for (k, v) in self.headers(token) {
+                        req = req.header(k, v);
+                    }
+                    req.call()
+                })?;
                 let status = resp.status().as_u16();
                 if status != 200 {
                     return Err(StoreError::http_upload(&url, status, resp));
@@ -414,8 +462,14 @@ impl Glance {
             Api::V2 => (self.url(&format!("v2/images/{image_id}/file")), 204),
             Api::V1 | Api::V1Diablo => (self.url(&self.image_path(image_id)), 200),
         };
+        // The body streams and cannot be sent twice: the token is made fresh first
+        // (Glance checks it when the request starts, so it may expire during the upload).
+        let token = match &self.cfg.auth {
+            Some(auth) => Some(auth.token()?),
+            None => None,
+        };
         let mut req = self
-            .request("PUT", &url)
+            .request("PUT", &url, token.as_ref().map(|t| t.expose()))
             // No length: ureq sends it chunked.
             .header("Content-Type", "application/octet-stream");
         if self.cfg.api != Api::V2 {
@@ -433,6 +487,11 @@ impl Glance {
             .send(ureq::SendBody::from_reader(body))
             .map_err(|e| StoreError::transport(&url, e))?;
         let status = resp.status().as_u16();
+        if status == 401 && self.cfg.auth.is_some() {
+            // A fresh token refused: the next attempt signs in again (a wrong password
+            // fails that sign-in for good).
+            return Err(StoreError::TokenRefused(url));
+        }
         if status != ok {
             return Err(StoreError::http_upload(&url, status, resp));
         }
@@ -474,6 +533,25 @@ pub fn join_url(endpoint: &str, path: &str) -> String {
         endpoint.trim_end_matches('/'),
         path.trim_start_matches('/')
     )
+}
+
+/// The HTTP client for `cfg`: TLS roots, timeouts, no redirects (a redirect could carry
+/// the token elsewhere), statuses as answers. Keystone's sign-in uses the same.
+pub(super) fn agent(cfg: &GlanceConfig) -> Result<ureq::Agent, StoreError> {
+    let tls = tls_config(cfg)?;
+    Ok(ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .tls_config(tls)
+        .timeout_connect(Some(cfg.connect_timeout))
+        .timeout_per_read(Some(cfg.idle_timeout))
+        // An upload into a server that stopped reading stalls in write(2): the same
+        // idle limit applies.
+        .timeout_per_write(Some(cfg.idle_timeout))
+        .timeout_global(cfg.deadline)
+        .user_agent(concat!("glance-vhd/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .new_agent())
 }
 
 fn tls_config(cfg: &GlanceConfig) -> Result<TlsConfig, StoreError> {

@@ -3,7 +3,12 @@
 //! shares lives here: the pass-through hashing of the bytes on the wire, the checksums
 //! the store declares and their comparison, and the error classes.
 
+pub mod clouds;
 pub mod glance;
+pub mod keystone;
+mod remote;
+
+pub use remote::Remote;
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -60,6 +65,19 @@ pub enum StoreError {
         "checksum mismatch: the store declares {expected}, the bytes received hash to {actual}"
     )]
     Checksum { expected: String, actual: String },
+    /// Keystone refused the credentials: the same answer every time.
+    #[error("authentication failed at {auth_url} ({method}){}", if detail.is_empty() { String::new() } else { format!(": {detail}") })]
+    Auth {
+        /// Redacted.
+        auth_url: String,
+        method: &'static str,
+        /// Keystone's message (never the secret: Keystone does not echo it).
+        detail: String,
+    },
+    /// The store refused a token we had just made fresh, on a request that cannot be
+    /// sent again (a streamed upload): the next attempt signs in again.
+    #[error("{0}: HTTP 401: the store refused a fresh token; signing in again")]
+    TokenRefused(String),
 }
 
 impl StoreError {
@@ -145,7 +163,8 @@ impl Kind for StoreError {
             }
             StoreError::Open { .. } => ErrorKind::Io,
             StoreError::Checksum { .. } => ErrorKind::Retryable,
-            StoreError::Config(_) => ErrorKind::Permanent,
+            StoreError::Config(_) | StoreError::Auth { .. } => ErrorKind::Permanent,
+            StoreError::TokenRefused(_) => ErrorKind::Retryable,
         }
     }
 }
@@ -410,6 +429,8 @@ impl Source {
 }
 
 /// Where an upload goes.
+// One per job, never in a collection: boxing the Glance client would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Target {
     /// `file:///path/image.tgz` (temp name, fsync, rename) or `-` (stdout).
     Local(Location),
