@@ -7,7 +7,8 @@
 //! * front ends: [`cli`] (the admin command line) and [`xapi`] (the plugin protocol);
 //! * [`transfer`]: the download and upload engines both share;
 //! * [`bundle`] (the tarball), [`store`] (Glance and the local store), [`sr`] (the storage
-//!   repository): none of them knows the others;
+//!   repository), [`xenapi`] (XML-RPC and the XenAPI client): none of them knows the
+//!   others;
 //! * [`vhd`] (the native VHD engine), [`progress`] and [`signals`] (SIGTERM/SIGINT
 //!   clean-up);
 //! * [`log`], [`stream`] (`std::io` adaptors), [`retry`];
@@ -29,3 +30,4 @@ pub mod testhooks;
 pub mod transfer;
 pub mod vhd;
 pub mod xapi;
+pub mod xenapi;

@@ -2,7 +2,8 @@
 //! "Testing hooks"). Two sorts:
 //!
 //! * **Redirections** of dom0 paths and sockets that a test machine does not have
-//!   (xapi's socket, `/boot/guest`, `/dev`, `/var/lock/sm`, `/dev/log`) and the syslog
+//!   (xapi's socket, `/boot/guest`, `/dev`, `/var/lock/sm`, `/dev/log`,
+//!   `/var/run/sr-mount`) and the syslog
 //!   progress interval. Production runs never set them; they only point elsewhere.
 //! * **Fault injection** (`GLANCE_VHD_TEST_*`): stop or fail at an exact step, so the
 //!   crash and fault tests can hit the windows that matter. Each is read where the step
@@ -21,6 +22,8 @@ pub const BOOT_GUEST: &str = "GLANCE_VHD_BOOT_GUEST";
 pub const DEV_DIR: &str = "GLANCE_VHD_DEV_DIR";
 /// The SM lock directory in plugin mode (default `/var/lock/sm`).
 pub const LOCK_DIR: &str = "GLANCE_VHD_LOCK_DIR";
+/// Where SRs are mounted, for `--sr SR_UUID` (default `/var/run/sr-mount`).
+pub const SR_MOUNT: &str = "GLANCE_VHD_SR_MOUNT";
 /// The syslog socket (default `/dev/log`).
 pub const SYSLOG_SOCKET: &str = "GLANCE_VHD_SYSLOG_SOCKET";
 /// Seconds between syslog progress lines (default 30).

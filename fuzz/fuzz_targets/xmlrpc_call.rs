@@ -11,7 +11,7 @@
 #![no_main]
 
 use glance_vhd::xapi::calls::{lookup, Args};
-use glance_vhd::xapi::xmlrpc::{
+use glance_vhd::xenapi::xmlrpc::{
     parse_call, parse_response, write_call, write_response, Response, XValue,
 };
 use libfuzzer_sys::fuzz_target;

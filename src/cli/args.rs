@@ -81,6 +81,14 @@ pub enum Command {
 
 Prints the new VDI UUIDs (leaf first) on stdout, or one JSON object with --json.
 
+Then, when xapi's socket is there (dom0), xapi is told: SR.scan, and the new leaf
+VDI gets a name label (--name-label, default the image's name) and a description
+(image id, when), so `xe vdi-list` shows it at once:
+  glance-vhd download --image-id $IMAGE --sr $SR --name-label web-base
+--no-scan skips this. If telling xapi fails, the download still succeeded: exit 0,
+the UUIDs on stdout, a warning on stderr and in syslog; `xe sr-scan uuid=$SR`
+finishes the job.
+
 ",
         exit_codes!()
     ))]
@@ -122,8 +130,8 @@ impl Command {
 
 #[derive(Args, Debug)]
 pub struct SweepArgs {
-    #[arg(long)]
-    pub sr_path: PathBuf,
+    #[command(flatten)]
+    pub sr: SrArgs,
     /// Only directories older than this many seconds
     #[arg(long, default_value_t = 3600)]
     pub older_than: u64,
@@ -143,9 +151,8 @@ pub struct DownloadArgs {
     /// The image to download (http(s) endpoints)
     #[arg(long)]
     pub image_id: Option<String>,
-    /// The SR directory (/var/run/sr-mount/<sr-uuid>)
-    #[arg(long)]
-    pub sr_path: PathBuf,
+    #[command(flatten)]
+    pub sr: SrArgs,
     /// VDI UUIDs for 0.vhd, 1.vhd, … in this order (leaf first), lowercase and hyphenated
     /// as XenServer writes them, none already in the SR; generated if absent
     #[arg(long = "uuid", value_name = "UUID", value_parser = parse_vdi_uuid)]
@@ -154,11 +161,41 @@ pub struct DownloadArgs {
     /// chain moves into the SR)
     #[arg(long, default_value_os_t = crate::sr::sm_lock_dir())]
     pub lock_dir: PathBuf,
+    /// The new leaf VDI's name label in xapi [default: the image's name in Glance, or
+    /// the file's name; the image id if it has none]
+    #[arg(long, value_name = "TEXT", value_parser = parse_name_label)]
+    pub name_label: Option<String>,
+    /// Do not tell xapi: no SR.scan, no name label or description (the VDIs appear at
+    /// the SR's next scan)
+    #[arg(long, conflicts_with = "name_label")]
+    pub no_scan: bool,
     #[command(flatten)]
     pub job: JobArgs,
     /// Print the result as one JSON object (README "JSON output")
     #[arg(long)]
     pub json: bool,
+}
+
+/// Which SR: its directory, or its UUID (download, upload and sweep alike).
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct SrArgs {
+    /// The SR directory (/var/run/sr-mount/<sr-uuid>)
+    #[arg(long, value_name = "PATH")]
+    pub sr_path: Option<PathBuf>,
+    /// The SR by its UUID: short for --sr-path /var/run/sr-mount/<SR_UUID>
+    #[arg(long, value_name = "SR_UUID", value_parser = parse_sr_uuid)]
+    pub sr: Option<PathBuf>,
+}
+
+impl SrArgs {
+    /// The SR directory, however it was given.
+    pub fn path(&self) -> &std::path::Path {
+        match (&self.sr_path, &self.sr) {
+            (Some(p), _) | (None, Some(p)) => p,
+            (None, None) => unreachable!("clap requires --sr-path or --sr"),
+        }
+    }
 }
 
 /// What keeps a nightly job well-behaved (download and upload alike).
@@ -404,9 +441,8 @@ fn parse_api_version(s: &str) -> Result<u8, String> {
 pub struct UploadArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The SR directory (/var/run/sr-mount/<sr-uuid>)
-    #[arg(long)]
-    pub sr_path: PathBuf,
+    #[command(flatten)]
+    pub sr: SrArgs,
     /// VDI UUIDs of the chain, leaf first (repeatable)
     #[arg(long)]
     pub vdi: Vec<uuid::Uuid>,
@@ -620,6 +656,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// A VDI UUID by the rule the plugin applies too ([`crate::sr::parse_vdi_uuid`]).
 fn parse_vdi_uuid(s: &str) -> Result<String, String> {
     crate::sr::parse_vdi_uuid(s).map_err(|e| e.to_string())
+}
+
+/// `--name-label`: any text without control characters (the admin's own words; `xe`
+/// prints a label raw to a terminal).
+fn parse_name_label(s: &str) -> Result<String, String> {
+    if s.chars().any(char::is_control) {
+        return Err("a control character (newline, escape, …) is not accepted in a label".into());
+    }
+    Ok(s.to_string())
+}
+
+/// `--sr`: an SR UUID by the VDI UUID rule, as the directory it names
+/// ([`crate::sr::sr_path_of`]).
+fn parse_sr_uuid(s: &str) -> Result<PathBuf, String> {
+    crate::sr::sr_path_of(s).map_err(|e| e.to_string())
 }
 
 /// A rate in bytes a second: a size (`50M`), not zero.

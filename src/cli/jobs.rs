@@ -22,7 +22,7 @@ use crate::error::{chain, Kind};
 use crate::log::{self, Level};
 use crate::progress::{Display, Monitor, Progress};
 use crate::sr::{ChainSpec, JobLock};
-use crate::store::{Digests, Location, Source, Target};
+use crate::store::{Digests, Expected, Location, Source, Target};
 use crate::transfer::{self, ImportOptions, Transfer, Uploader};
 
 #[derive(Debug, serde::Serialize)]
@@ -268,6 +268,8 @@ struct DownloadReport<'a> {
     vhd_bytes: u64,
     stream: &'a Digests,
     summary: &'a Summary,
+    /// What xapi was told (README "Downloads in xapi").
+    xapi: &'a super::scan::Outcome,
 }
 
 #[derive(serde::Serialize)]
@@ -284,20 +286,20 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
         ));
     }
     // The SR and the UUIDs before the lock and the first request (exit 3).
-    crate::sr::check_sr_dir(&a.sr_path)?;
+    let sr_uuid = crate::sr::check_sr_dir(a.sr.path())?;
     // The plugin's uuid_stack is popped from the end: leaf-first flags, reversed.
     let uuid_stack: Option<Vec<String>> =
         (!a.uuids.is_empty()).then(|| a.uuids.iter().rev().cloned().collect());
     if let Some(stack) = &uuid_stack {
-        crate::sr::check_new_vdis(&a.sr_path, "--uuid", stack)?;
+        crate::sr::check_new_vdis(a.sr.path(), "--uuid", stack)?;
     }
     let what = match &a.image_id {
         Some(id) if http => format!("download of image {id}"),
         _ => format!("download of {}", store.describe(0)),
     };
-    let job = Job::start(&a.job, &store, &a.sr_path, what.clone())?;
+    let job = Job::start(&a.job, &store, a.sr.path(), what.clone())?;
     let opts = ImportOptions {
-        sr_path: a.sr_path.clone(),
+        sr_path: a.sr.path().to_path_buf(),
         uuid_stack,
         lock_dir: a.lock_dir.clone(),
         transfer: job.transfer(&a.job),
@@ -322,9 +324,11 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
     summary.say(&format!(
         "{what}: {} into {} (leaf {})",
         vhds(imp.uuids.len()),
-        a.sr_path.display(),
+        a.sr.path().display(),
         imp.root_uuid()
     ));
+    let (label, description) = xapi_label(a, http, &d.expected, &summary);
+    let xapi = super::scan::tell_xapi(a.no_scan, &sr_uuid, imp.root_uuid(), label, description);
     if a.json {
         output::json(&DownloadReport {
             root: Root {
@@ -335,6 +339,7 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
             vhd_bytes: imp.bytes,
             stream: &d.stream,
             summary: &summary,
+            xapi: &xapi,
         });
     } else {
         for u in &imp.uuids {
@@ -342,6 +347,38 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The leaf VDI's name label in xapi — `--name-label`, else the image's name as the
+/// store gives it (made printable), else the Glance image id; none for standard input
+/// — and its description: where the image came from and when (an endpoint has no
+/// password, [`crate::store::check_endpoint`]; never a token or a header).
+fn xapi_label(
+    a: &DownloadArgs,
+    http: bool,
+    expected: &Expected,
+    summary: &Summary,
+) -> (Option<String>, String) {
+    let image_id = a.image_id.as_deref().filter(|_| http);
+    let label = a.name_label.clone().or_else(|| {
+        let name = expected.name.as_deref().filter(|n| !n.trim().is_empty());
+        name.map(super::scan::printable)
+            .or_else(|| image_id.map(str::to_string))
+    });
+    let endpoint = crate::store::redact(&summary.endpoint);
+    let from = match image_id {
+        Some(id) => format!("Glance image {id} at {endpoint}"),
+        None if endpoint == "-" => "standard input".to_string(),
+        None => super::scan::printable(&endpoint),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let when = crate::vhd::info::rfc3339(now);
+    (
+        label,
+        format!("Downloaded by glance-vhd from {from} on {when}"),
+    )
 }
 
 pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
@@ -376,14 +413,14 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
     };
     // A list that is not a chain is refused before --create makes an image for it
     // (each attempt checks again before it sends).
-    crate::sr::check_chain(&a.sr_path, &spec)?;
+    crate::sr::check_chain(a.sr.path(), &spec)?;
     let what = match (&a.image_id, &a.name) {
         (Some(id), _) if http => format!("upload to image {id}"),
         (None, Some(name)) => format!("upload to a new image {name:?}"),
         _ => format!("upload to {}", store.describe(0)),
     };
-    crate::sr::check_sr_dir(&a.sr_path)?;
-    let job = Job::start(&a.job, &store, &a.sr_path, what.clone())?;
+    crate::sr::check_sr_dir(a.sr.path())?;
+    let job = Job::start(&a.job, &store, a.sr.path(), what.clone())?;
     // The image: given, or created once (retried like the upload, on the next endpoint).
     let image_id = match (&a.image_id, &a.name) {
         _ if !http => None,
@@ -399,7 +436,7 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
         }
         (None, None) => unreachable!("checked above: --image-id or --create --name"),
     };
-    let mut uploader = Uploader::new(&a.sr_path, &spec, pack, job.transfer(&a.job));
+    let mut uploader = Uploader::new(a.sr.path(), &spec, pack, job.transfer(&a.job));
     let result = job.retry(&store, &what, |n| {
         let target = match &image_id {
             Some(id) => {
@@ -450,8 +487,8 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
 
 /// Remove staging directories left by killed processes.
 pub fn sweep(a: &SweepArgs) -> Result<ExitCode, CliError> {
-    crate::sr::check_sr_dir(&a.sr_path)?;
-    let swept = crate::sr::sweep(&a.sr_path, Duration::from_secs(a.older_than), &a.lock_dir)?;
+    crate::sr::check_sr_dir(a.sr.path())?;
+    let swept = crate::sr::sweep(a.sr.path(), Duration::from_secs(a.older_than), &a.lock_dir)?;
     // Only when there was something: a sweep every half hour per SR stays out of the log
     // until a killed run left staging behind.
     if !swept.is_empty() {
@@ -460,7 +497,7 @@ pub fn sweep(a: &SweepArgs) -> Result<ExitCode, CliError> {
             Level::Info,
             &format!(
                 "sweep of {}: {removed} staging director{} removed, {} kept",
-                a.sr_path.display(),
+                a.sr.path().display(),
                 if removed == 1 { "y" } else { "ies" },
                 swept.len() - removed
             ),

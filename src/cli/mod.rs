@@ -2,6 +2,7 @@
 //!
 //! * [`args`]: every command and flag (clap), and the flag-value parsers;
 //! * `jobs`: `download`, `upload`, `sweep` — the engines plus retries, locks, progress;
+//! * `scan`: after a download, `SR.scan` and the new VDI's name label through xapi;
 //! * `vhd`: the native VHD tools, `vhd-util` compatible where scripts depend on it;
 //! * [`output`]: stdout for results, stderr for the rest, verbosity, and the one place
 //!   errors are reported.
@@ -14,6 +15,7 @@
 pub mod args;
 mod jobs;
 pub mod output;
+mod scan;
 mod vhd;
 
 use std::process::ExitCode;

@@ -15,7 +15,9 @@
 //!   existing directory. The last component may be a symlink to one: older `FileSR`
 //!   attaches a local file SR as a link `/var/run/sr-mount/<uuid>` → its location, and
 //!   only root can write `/var/run/sr-mount`. The UUID is the name given, not the name
-//!   of where a link leads.
+//!   of where a link leads;
+//! * **an SR UUID** (the CLI's `--sr`), by the VDI UUID rule: it names the directory
+//!   `/var/run/sr-mount/<sr-uuid>`, which is then checked as an SR path.
 
 use std::path::{Component, Path};
 
@@ -51,6 +53,22 @@ pub fn parse_vdi_uuid(s: &str) -> Result<String> {
          hyphens at 8, 13, 18 and 23; not nil)",
         shown(s)
     )))
+}
+
+/// Where xapi mounts a file SR: `/var/run/sr-mount/<sr-uuid>` (sm's `SR.MOUNT_BASE`).
+pub const SR_MOUNT: &str = "/var/run/sr-mount";
+
+/// The SR directory of the SR `uuid` (checked: canonical form, not nil), under
+/// [`SR_MOUNT`] unless a test points it elsewhere ([`crate::testhooks::SR_MOUNT`]).
+pub fn sr_path_of(uuid: &str) -> Result<std::path::PathBuf> {
+    if !is_canonical_uuid(uuid) {
+        return Err(SrError::Args(format!(
+            "SR UUID {}: not a UUID in canonical form (36 characters: lowercase hex digits, \
+             hyphens at 8, 13, 18 and 23; not nil)",
+            shown(uuid)
+        )));
+    }
+    Ok(crate::testhooks::path_or(crate::testhooks::SR_MOUNT, SR_MOUNT).join(uuid))
 }
 
 /// The SR UUID of `sr`: its last component, which must be one.
@@ -170,6 +188,11 @@ mod tests {
         }
         assert!(check_sr_dir(Path::new(u)).is_err());
         assert!(check_sr_dir(&sr.join("..").join(u)).is_err());
+        assert!(sr_path_of(u).unwrap().ends_with(u));
+        for bad in ["../etc", "0F8FAD5B-D9CB-469F-A165-70867728950E", "", "a/b"] {
+            let e = sr_path_of(bad).unwrap_err().to_string();
+            assert!(e.starts_with("SR UUID") && e.contains("canonical"), "{e}");
+        }
         let v = "1f8fad5b-d9cb-469f-a165-70867728950e".to_string();
         std::fs::write(sr.join(format!("{v}.vhd")), "").unwrap();
         assert!(check_new_vdis(&sr, "x", std::slice::from_ref(&v)).is_err());

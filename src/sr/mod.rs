@@ -15,7 +15,7 @@ mod export;
 mod lock;
 mod staging;
 
-pub use check::{check_new_vdis, check_sr_dir, parse_vdi_uuid};
+pub use check::{check_new_vdis, check_sr_dir, parse_vdi_uuid, sr_path_of};
 pub use export::{check_chain, export, ChainSpec, Exported, Member};
 pub use lock::{sm_lock_dir, JobLock, SrLock};
 pub use staging::{sweep, Staging, STAGING_PREFIX};

@@ -184,6 +184,7 @@ impl Glance {
                     expected.sha512 = rec["os_hash_value"].as_str().map(str::to_lowercase);
                 }
                 expected.size = rec["size"].as_u64();
+                expected.name = rec["name"].as_str().map(str::to_string);
                 self.url(&format!("{}/file", self.image_path(image_id)))
             }
             Api::V1 | Api::V1Diablo => self.url(&self.image_path(image_id)),
@@ -218,6 +219,9 @@ impl Glance {
         }
         if expected.size.is_none() {
             expected.size = header("x-image-meta-size").and_then(|s| s.parse().ok());
+        }
+        if expected.name.is_none() {
+            expected.name = header("x-image-meta-name");
         }
         let length = header("content-length").and_then(|s| s.parse().ok());
         let body = NetBody {

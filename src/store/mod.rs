@@ -356,12 +356,17 @@ impl Location {
     }
 }
 
-/// What the store says the image body hashes to (lowercase hex), when it says.
+/// What the store says the image body hashes to (lowercase hex), when it says; and
+/// what it calls the image.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Expected {
     pub md5: Option<String>,
     pub sha512: Option<String>,
     pub size: Option<u64>,
+    /// The image's name as the store gives it (Glance v2's `name`, v1's
+    /// `x-image-meta-name`; a local file's file name), unchecked: a label for people, never
+    /// part of the verification. Whoever shows it must treat it as untrusted text.
+    pub name: Option<String>,
 }
 
 impl Expected {
@@ -405,10 +410,15 @@ impl Source {
         match self {
             Source::Local(l) => {
                 let (body, size) = l.open()?;
+                let name = match l {
+                    Location::File(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()),
+                    Location::Stdin => None,
+                };
                 Ok((
                     body,
                     Expected {
                         size,
+                        name,
                         ..Expected::default()
                     },
                 ))
@@ -506,6 +516,7 @@ impl Target {
                 .os_hash_value
                 .filter(|_| rec.os_hash_algo.as_deref() == Some("sha512")),
             size: rec.size,
+            name: None,
         };
         if expected.md5.is_none() {
             return Err(StoreError::Protocol(format!(

@@ -17,12 +17,12 @@ use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use super::xenapi::{record, XenApi, XenApiError};
-use super::xmlrpc::XValue;
 use crate::error::{ErrorKind, Kind};
 use crate::fsutil::{self, AtomicWriteError};
 use crate::log;
 use crate::testhooks;
+use crate::xenapi::xmlrpc::XValue;
+use crate::xenapi::{record, XenApi, XenApiError};
 
 const BOOT_GUEST: &str = "/boot/guest";
 /// The old plugin retried `DEVICE_DETACH_REJECTED` forever; xapi has no timeout, so we

@@ -8,25 +8,26 @@
 //! logs go to stderr and syslog ([`crate::log`]), panics become a failure response, and the
 //! response is written with one `write_all`.
 //!
-//! * [`xmlrpc`]: the call and the response (xapi's and Python's dialects).
 //! * [`pickle`]: the `params` pickle in, the protocol-0 reply out.
 //! * [`calls`]: the call table and typed arguments.
 //! * [`failure`]: the `ErrorDescription` shapes Nova understands.
-//! * [`xenapi`], [`kernel`]: the kernel/ramdisk calls and their XenAPI client.
+//! * [`kernel`]: the kernel/ramdisk calls.
+//!
+//! The XML-RPC codec (the call and the response, xapi's and Python's dialects) and the
+//! XenAPI client the kernel calls use live one layer down, in [`crate::xenapi`]: the CLI
+//! talks to xapi too (SR.scan after a download).
 
 pub mod calls;
 pub mod failure;
 pub mod kernel;
 pub mod pickle;
-pub mod xenapi;
-pub mod xmlrpc;
 
 use std::io::Write;
 use std::process::ExitCode;
 
+use crate::xenapi::xmlrpc::{self, XValue};
 use calls::{Args, Op, Value};
 use failure::{Class, Failure};
-use xmlrpc::XValue;
 
 use crate::log;
 

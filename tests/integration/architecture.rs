@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["error", "testhooks", "fsutil"],
     &["log", "stream", "retry"],
     &["progress", "vhd", "signals"],
-    &["bundle", "store", "sr"],
+    &["bundle", "store", "sr", "xenapi"],
     &["transfer"],
     &["xapi", "cli"],
 ];

@@ -443,7 +443,7 @@ fn tar_unpack(data: &[u8]) -> Outcome {
 /// Refused: no plugin's check accepts it as a call, and it is no response.
 fn xmlrpc_call(data: &[u8]) -> Outcome {
     use glance_vhd::xapi::calls::{lookup, Args};
-    use glance_vhd::xapi::xmlrpc::{
+    use glance_vhd::xenapi::xmlrpc::{
         parse_call, parse_response, write_call, write_response, Response, XValue,
     };
 

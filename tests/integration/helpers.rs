@@ -593,3 +593,70 @@ pub fn glance_client(args: &[&str]) -> Output {
         .output()
         .expect("run glance_client.py")
 }
+
+/// The xapi stand-in (tests/plugin/xapi_standin.py) in a scratch directory of its own:
+/// the socket `xapi.sock`, the state files `state.calls` (every call, a JSON line),
+/// `state.vbds`, `state.vdis`, and the directories `dev` and `boot`; `args` after
+/// SOCKET STATE DEVDIR (`--vdi`, `--sr`, `--fail`, …). Killed when dropped.
+pub struct XapiStandin {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl XapiStandin {
+    pub fn start(args: &[&str]) -> XapiStandin {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        std::fs::create_dir(dir.path().join("dev")).expect("dev");
+        std::fs::create_dir(dir.path().join("boot")).expect("boot");
+        let mut child = Command::new("python3")
+            .arg(repo().join("tests/plugin/xapi_standin.py"))
+            .arg(dir.path().join("xapi.sock"))
+            .arg(dir.path().join("state"))
+            .arg(dir.path().join("dev"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the xapi stand-in");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready");
+        assert_eq!(line.trim(), "ready");
+        XapiStandin { child, dir }
+    }
+
+    /// A file of the stand-in's directory (`xapi.sock`, `state.vdis`, `boot`, …).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("xapi.sock")
+    }
+
+    /// Every call made so far: `{"method", "params", "result"}`.
+    pub fn calls(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path("state.calls"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+
+    /// The methods called so far, in order.
+    pub fn methods(&self) -> Vec<String> {
+        self.calls()
+            .iter()
+            .map(|c| c["method"].as_str().expect("a method").to_string())
+            .collect()
+    }
+}
+
+impl Drop for XapiStandin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -32,3 +32,4 @@ mod relink_io;
 mod samples;
 mod store_v1;
 mod upload;
+mod xapi_scan;

@@ -5,9 +5,9 @@
 //! way. Kernel calls run against a xapi stand-in (tests/plugin/xapi_standin.py).
 
 use crate::helpers;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
@@ -466,10 +466,7 @@ fn a_pickle_that_runs_code_in_python_is_refused() {
 
 // ---- kernel calls against the xapi stand-in ----
 
-pub(crate) struct Xapi {
-    child: Child,
-    dir: tempfile::TempDir,
-}
+pub(crate) struct Xapi(helpers::XapiStandin);
 
 pub(crate) const VDI_UUID: &str = "eeeeeeee-0000-4000-8000-00000000000e";
 
@@ -482,31 +479,16 @@ impl Xapi {
 
     /// The same; `reject_unplug_once` false: every unplug succeeds.
     pub(crate) fn start_with(device: &Path, reject_unplug_once: bool) -> Xapi {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("dev")).unwrap();
-        std::fs::create_dir(dir.path().join("boot")).unwrap();
-        let mut child = Command::new("python3")
-            .arg(helper("xapi_standin.py"))
-            .arg(dir.path().join("xapi.sock"))
-            .arg(dir.path().join("state"))
-            .arg(dir.path().join("dev"))
-            .arg("--vdi")
-            .arg(format!("OpaqueRef:vdi-k={VDI_UUID}={}", device.display()))
-            .args(reject_unplug_once.then_some("--reject-unplug-once"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
-        Xapi { child, dir }
+        let vdi = format!("OpaqueRef:vdi-k={VDI_UUID}={}", device.display());
+        let mut args = vec!["--vdi", &vdi];
+        if reject_unplug_once {
+            args.push("--reject-unplug-once");
+        }
+        Xapi(helpers::XapiStandin::start(&args))
     }
 
     pub(crate) fn env(&self) -> Value {
-        let p = |n: &str| self.dir.path().join(n).to_str().unwrap().to_string();
+        let p = |n: &str| self.0.path(n).to_str().unwrap().to_string();
         json!({
             "GLANCE_VHD_XAPI_SOCKET": p("xapi.sock"),
             "GLANCE_VHD_BOOT_GUEST": p("boot"),
@@ -515,45 +497,24 @@ impl Xapi {
     }
 
     pub(crate) fn boot(&self) -> PathBuf {
-        self.dir.path().join("boot")
+        self.0.path("boot")
     }
 
     fn methods(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("state.calls"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<Value>(l).unwrap()["method"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect()
+        self.0.methods()
     }
 
     /// Every VBD created was destroyed, and no device is left plugged.
     fn assert_clean(&self) {
-        let vbds = std::fs::read_to_string(self.dir.path().join("state.vbds")).unwrap();
+        let vbds = std::fs::read_to_string(self.0.path("state.vbds")).unwrap();
         assert_eq!(vbds.trim(), "{}", "VBDs left: {vbds}");
-        assert_eq!(
-            std::fs::read_dir(self.dir.path().join("dev"))
-                .unwrap()
-                .count(),
-            0
-        );
+        assert_eq!(std::fs::read_dir(self.0.path("dev")).unwrap().count(), 0);
         let m = self.methods();
         assert_eq!(
             m.iter().filter(|x| *x == "VBD.create").count(),
             m.iter().filter(|x| *x == "VBD.destroy").count(),
             "{m:?}"
         );
-    }
-}
-
-impl Drop for Xapi {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

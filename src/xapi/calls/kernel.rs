@@ -6,7 +6,7 @@
 
 use super::{Args, CallError, FromArgs, Op, PluginCall, Result, Value};
 use crate::xapi::kernel;
-use crate::xapi::xenapi::XenApi;
+use crate::xenapi::XenApi;
 
 /// `vdi-ref`, `image-size`, optional `cached-image`.
 struct CopyArgs {

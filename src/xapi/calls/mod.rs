@@ -30,11 +30,11 @@ mod kwargs;
 use super::failure::CallFault;
 use super::kernel::KernelError;
 use super::pickle::{self, PickleError, Py, Reply};
-use super::xenapi::XenApiError;
-use super::xmlrpc::XValue;
 use crate::error::{ErrorKind, Kind};
 use crate::store::StoreError;
 use crate::transfer::TransferError;
+use crate::xenapi::xmlrpc::XValue;
+use crate::xenapi::XenApiError;
 
 use glance::{DownloadVhd, DownloadVhd2, UploadVhd, UploadVhd2};
 use kernel::{CopyKernelVdi, CopyVdi, CreateKernelRamdisk, RemoveKernelRamdisk};

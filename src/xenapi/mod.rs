@@ -1,16 +1,22 @@
-//! A minimal XenAPI client for the kernel calls: XML-RPC over HTTP/1.0 on xapi's local
-//! Unix socket, reusing the caller's session (the plugin never logs in).
+//! Talking to xapi: the XML-RPC codec ([`xmlrpc`], which the plugin protocol speaks
+//! too) and a minimal XenAPI client — XML-RPC over HTTP/1.0 on xapi's local Unix socket.
+//!
+//! Two ways to hold a session: the plugin reuses its caller's ([`XenApi::local`]: xapi
+//! hands the plugin a session and the plugin never logs in), the CLI logs in itself
+//! ([`XenApi::login_local`]) and logs out when done, also on error ([`LocalSession`]).
 //!
 //! The socket is `/var/lib/xcp/xapi` (XenServer 6.1+, XCP-ng), else `/var/xapi/xapi`
 //! (older); `GLANCE_VHD_XAPI_SOCKET` overrides both (tests).
+
+pub mod xmlrpc;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::xmlrpc::{self, Response, XValue, XmlRpcError};
 use crate::error::{ErrorKind, Kind};
+use xmlrpc::{Response, XValue, XmlRpcError};
 
 const SOCKETS: &[&str] = &["/var/lib/xcp/xapi", "/var/xapi/xapi"];
 /// `VBD.plug` may wait for a slow storage backend.
@@ -72,6 +78,21 @@ pub struct XenApi {
     session: String,
 }
 
+/// xapi's socket on this host: `GLANCE_VHD_XAPI_SOCKET` if set, else the first of the
+/// standard places that exists; `None` when there is none (not a dom0, or xapi is
+/// down). A socket named by the hook that does not exist is none too.
+pub fn socket() -> Option<PathBuf> {
+    match crate::testhooks::path(crate::testhooks::XAPI_SOCKET) {
+        Some(p) => p.exists().then_some(p),
+        None => SOCKETS.iter().map(PathBuf::from).find(|p| p.exists()),
+    }
+}
+
+/// The version `session.login_with_password` is given: xapi does not look at it
+/// ("!!! Do something with the version number" in `xapi_session.ml`); XenAPI.py's
+/// oldest is "1.0".
+const API_VERSION: &str = "1.0";
+
 impl XenApi {
     /// Use the caller's session on the local xapi.
     pub fn local(session: &str) -> Result<XenApi, XenApiError> {
@@ -89,6 +110,30 @@ impl XenApi {
         })
     }
 
+    /// Log in as root on the local Unix socket `socket`, as `originator` (xapi records
+    /// it with the session; `xe session-list`-style audits show it).
+    ///
+    /// No password: xapi trusts a login that arrives on its local Unix socket (only root
+    /// can open it) and skips authentication — `Context.preauth = Some `root` in
+    /// `xapi_session.ml`, "we trust requests from local unix filename sockets" — which is
+    /// also how the storage manager logs in (`sm`'s `util.get_localAPI_session`:
+    /// `login_with_password('root', '', '', 'SM')`). Over TCP the same call would be a
+    /// password check, and would fail.
+    pub fn login_local(socket: PathBuf, originator: &str) -> Result<LocalSession, XenApiError> {
+        let mut api = XenApi {
+            socket,
+            session: String::new(),
+        };
+        let params = ["root", "", API_VERSION, originator]
+            .map(|s| XValue::Str(s.to_string()))
+            .to_vec();
+        api.session = api.str_of(
+            "session.login_with_password",
+            api.rpc("session.login_with_password", params)?,
+        )?;
+        Ok(LocalSession { api: Some(api) })
+    }
+
     pub fn session(&self) -> &str {
         &self.session
     }
@@ -98,6 +143,11 @@ impl XenApi {
     pub fn call(&self, method: &str, args: Vec<XValue>) -> Result<XValue, XenApiError> {
         let mut params = vec![XValue::Str(self.session.clone())];
         params.extend(args);
+        self.rpc(method, params)
+    }
+
+    /// `method(params…)` as given (the login takes no session).
+    fn rpc(&self, method: &str, params: Vec<XValue>) -> Result<XValue, XenApiError> {
         let body = xmlrpc::write_call(method, &params);
         let answer = self.post(&body)?;
         let answer_err = |source| XenApiError::Answer {
@@ -139,7 +189,11 @@ impl XenApi {
 
     /// A call whose value is a string (a ref, a UUID, a device name).
     pub fn call_str(&self, method: &str, args: Vec<XValue>) -> Result<String, XenApiError> {
-        match self.call(method, args)? {
+        self.str_of(method, self.call(method, args)?)
+    }
+
+    fn str_of(&self, method: &str, v: XValue) -> Result<String, XenApiError> {
+        match v {
             XValue::Str(s) => Ok(s),
             other => Err(XenApiError::Unexpected {
                 method: method.to_string(),
@@ -183,6 +237,39 @@ impl XenApi {
                 .ok_or_else(|| XenApiError::Http("a broken chunked answer".into()));
         }
         Ok(body.to_string())
+    }
+}
+
+/// A session this process logged in ([`XenApi::login_local`]): logged out by
+/// [`LocalSession::logout`], or when dropped (on an error path): a nightly job must not
+/// leave a session behind in xapi's database every run.
+pub struct LocalSession {
+    api: Option<XenApi>,
+}
+
+impl std::ops::Deref for LocalSession {
+    type Target = XenApi;
+    fn deref(&self) -> &XenApi {
+        self.api.as_ref().expect("a live session until logout")
+    }
+}
+
+impl LocalSession {
+    /// `session.logout`, with its outcome.
+    pub fn logout(mut self) -> Result<(), XenApiError> {
+        match self.api.take() {
+            Some(api) => api.call("session.logout", Vec::new()).map(drop),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LocalSession {
+    fn drop(&mut self) {
+        if let Some(api) = self.api.take() {
+            // Best effort: the error that brought us here is the one to report.
+            let _ = api.call("session.logout", Vec::new());
+        }
     }
 }
 
