@@ -188,6 +188,22 @@ const RESERVED_HEADERS: &[&str] = &[
     "expect",
 ];
 
+/// The answer to `method url`, traced for `-vv` ([`crate::log::trace`]): the method,
+/// the URL and the status or transport error — never a header (the token is one) or a
+/// body.
+pub(super) fn traced(
+    method: &str,
+    url: &str,
+    answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<ureq::http::Response<ureq::Body>, StoreError> {
+    let url_shown = redact(url);
+    match &answer {
+        Ok(resp) => crate::log::trace(&format!("{method} {url_shown} -> {}", resp.status())),
+        Err(e) => crate::log::trace(&format!("{method} {url_shown} -> no answer: {e}")),
+    }
+    answer.map_err(|e| StoreError::transport(url, e))
+}
+
 /// The one rule for a request header, whoever supplies it (`--header`, `--token`,
 /// `OS_AUTH_TOKEN`, the plugin's `extra_headers` and `auth_token`): a token name
 /// (letters, digits, `-`, `_`) that is not one the HTTP layer owns
