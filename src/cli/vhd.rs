@@ -7,9 +7,12 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
+use clap::Parser;
+
 use super::args::{QueryArgs, VhdCommand};
 use super::output::{self, CliError};
-use crate::vhd::{self, check::CheckOptions, OpenMode, Vhd, VhdError};
+use crate::error::exit;
+use crate::vhd::{self, check::CheckOptions, repair::RepairError, OpenMode, Vhd, VhdError};
 
 pub fn run(cmd: VhdCommand) -> Result<ExitCode, CliError> {
     match cmd {
@@ -21,7 +24,16 @@ pub fn run(cmd: VhdCommand) -> Result<ExitCode, CliError> {
                 print!("{}", vhd::info::render(&i));
             }
         }
-        VhdCommand::Query(q) => return Ok(query(&q)),
+        VhdCommand::Query { args } => {
+            let argv = std::iter::once(std::ffi::OsString::from("query")).chain(args);
+            return Ok(match QueryArgs::try_parse_from(argv) {
+                Ok(q) => query(&q),
+                Err(e) => {
+                    let _ = e.print();
+                    ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK })
+                }
+            });
+        }
         VhdCommand::Check {
             file,
             name,
@@ -49,12 +61,37 @@ pub fn run(cmd: VhdCommand) -> Result<ExitCode, CliError> {
                 return Ok(ExitCode::from(vhd::error::EINVAL as u8));
             }
         }
+        VhdCommand::Repair {
+            file,
+            name,
+            dry_run,
+            json,
+        } => {
+            let path = file.or(name).expect("clap requires one");
+            let r = vhd::repair::repair(&path, dry_run).map_err(|e| match e {
+                // What vhd-util repair fails on too exits with its errno.
+                RepairError::Vhd(v) => CliError::errno(&v),
+                refused => CliError::from(refused),
+            })?;
+            if json {
+                output::json(&r);
+            } else {
+                output::line(&r.summary());
+            }
+        }
         VhdCommand::SetParent {
             child,
             parent,
+            name,
+            parent_name,
             raw,
             json,
         } => {
+            let (child, parent) = either(
+                (child, parent),
+                (name, parent_name),
+                "CHILD PARENT, or vhd-util's -n CHILD -p PARENT",
+            )?;
             let r = vhd::relink::set_parent(&child, &parent, raw)?;
             if json {
                 output::json(&r);
@@ -64,10 +101,17 @@ pub fn run(cmd: VhdCommand) -> Result<ExitCode, CliError> {
         VhdCommand::Snapshot {
             parent,
             child,
+            name,
+            parent_name,
             keep_empty_parents,
             stamp,
             json,
         } => {
+            let (parent, child) = either(
+                (parent, child),
+                (parent_name, name),
+                "PARENT CHILD, or vhd-util's -n CHILD -p PARENT",
+            )?;
             let s = vhd::create::snapshot(&parent, &child, keep_empty_parents, &stamp.stamp())?;
             if json {
                 output::json(&s);
@@ -78,9 +122,16 @@ pub fn run(cmd: VhdCommand) -> Result<ExitCode, CliError> {
         VhdCommand::Create {
             file,
             size,
+            name,
+            size_mb,
             stamp,
             json,
         } => {
+            let (file, size) = either(
+                (file, size),
+                (name, size_mb),
+                "FILE SIZE (with a unit: 20G), or vhd-util's -n FILE -s MB",
+            )?;
             vhd::create::create_dynamic(&file, size, &stamp.stamp())?;
             if json {
                 // The size as created: rounded up to whole 2 MiB blocks.
@@ -91,6 +142,21 @@ pub fn run(cmd: VhdCommand) -> Result<ExitCode, CliError> {
         VhdCommand::Read { file, out } => read(&file, &out)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The two things a command names, given whole in one form: positional, or vhd-util's
+/// flags. Half of each, or both forms at once, is a usage error naming both forms.
+fn either<A, B>(
+    positional: (Option<A>, Option<B>),
+    flags: (Option<A>, Option<B>),
+    forms: &str,
+) -> Result<(A, B), CliError> {
+    match (positional, flags) {
+        ((Some(a), Some(b)), (None, None)) | ((None, None), (Some(a), Some(b))) => Ok((a, b)),
+        _ => Err(CliError::usage(format!(
+            "give {forms} (one form, complete)"
+        ))),
+    }
 }
 
 fn read(file: &Path, out: &Path) -> Result<(), VhdError> {
