@@ -22,7 +22,8 @@ macro_rules! exit_codes {
   4  not found (the image, a VDI, a parent)
   5  retryable failure (network, server busy, checksum) after all retries
   6  locked (another run holds the SR's lock file)
-`vhd query` and `vhd check` exit with vhd-util's errno codes instead (2 ENOENT, 22 EINVAL, ...)."
+`vhd query`, `vhd check` (and `vhd repair` where vhd-util fails too) exit with vhd-util's
+errno codes instead (2 ENOENT, 22 EINVAL, ...)."
     };
 }
 
@@ -517,11 +518,13 @@ pub enum VhdCommand {
         json: bool,
     },
     /// vhd-util repair: put back the footer at the end from the copy at offset 0
-    #[command(after_help = "Examples:\n  glance-vhd vhd repair --dry-run /sr/1234.vhd\n  glance-vhd vhd repair -n /sr/1234.vhd\n\n\
+    #[command(
+        after_help = "Examples:\n  glance-vhd vhd repair --dry-run /sr/1234.vhd\n  glance-vhd vhd repair -n /sr/1234.vhd\n\n\
 Writes 512 bytes at most: the copy at offset 0 where the footer belongs (the end of the\n\
 data: the last 512 bytes of an overwritten footer, or appended after a cut-off one), or\n\
 the footer from the end into a damaged copy. Refuses, writing nothing, when both are\n\
-invalid or valid but different, and when more than the footer is missing or extra.")]
+invalid or valid but different, and when more than the footer is missing or extra."
+    )]
     Repair {
         #[arg(required_unless_present = "name")]
         file: Option<PathBuf>,
@@ -794,4 +797,29 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not a property (use key=value)"))?;
     crate::store::check_property_name(k)?;
     Ok((k.to_string(), v.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks (debug builds run them on every parse and panic):
+    /// `vhd query -v` once collided with the global `-v`.
+    #[test]
+    fn the_command_line_passes_clap_s_checks() {
+        Cli::command().debug_assert();
+        QueryArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn a_positional_size_needs_a_unit_and_s_counts_mb() {
+        assert!(parse_size_with_unit("20480")
+            .unwrap_err()
+            .contains("-s 20480"));
+        assert_eq!(parse_size_with_unit("20M"), Ok(20 << 20));
+        assert_eq!(parse_size_mb("20"), Ok(20 << 20));
+        assert_eq!(parse_size_mb("1G"), Ok(1 << 30));
+        assert!(parse_size_mb("99999999999999999").is_err());
+    }
 }

@@ -30,7 +30,11 @@ pub fn run(cmd: VhdCommand) -> Result<ExitCode, CliError> {
                 Ok(q) => query(&q),
                 Err(e) => {
                     let _ = e.print();
-                    ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK })
+                    ExitCode::from(if e.use_stderr() {
+                        exit::USAGE
+                    } else {
+                        exit::OK
+                    })
                 }
             });
         }

@@ -125,7 +125,13 @@ pub fn repair(path: &Path, dry_run: bool) -> Result<Repair> {
     };
     let mut primary = [0u8; FOOTER_SIZE];
     let len = (size - primary_at) as usize;
-    read_exact_at(&file, path, &mut primary[..len], primary_at, "read the footer")?;
+    read_exact_at(
+        &file,
+        path,
+        &mut primary[..len],
+        primary_at,
+        "read the footer",
+    )?;
     let mut copy = [0u8; FOOTER_SIZE];
     let copy_read = size >= FOOTER_SIZE as u64;
     if copy_read {
@@ -248,7 +254,10 @@ impl Plan<'_> {
         let primary = Footer::decode(self.primary);
         let copy = self.copy.map(Footer::decode);
         let copy_problem = match &copy {
-            None => Some(format!("the file is {} bytes, shorter than a footer", self.size)),
+            None => Some(format!(
+                "the file is {} bytes, shorter than a footer",
+                self.size
+            )),
             Some(c) => c.problem().map(|p| describe(c, p)),
         };
         match primary.problem() {
@@ -265,7 +274,12 @@ impl Plan<'_> {
     ) -> Result<Decision> {
         if !primary.is_dynamic_or_diff() {
             // A fixed disk keeps no copy: its first sector is the guest's.
-            return Ok((Action::None, Some("a fixed disk with a valid footer".into()), None, None));
+            return Ok((
+                Action::None,
+                Some("a fixed disk with a valid footer".into()),
+                None,
+                None,
+            ));
         }
         match (copy, copy_problem) {
             (Some(c), None) if footer::copies_agree(self.primary, &c.encode_raw()) => Ok((
@@ -384,7 +398,12 @@ impl Plan<'_> {
         } else {
             format!("the footer at the end (offset {end}) is invalid: {primary_words}")
         };
-        Ok((Action::Footer, Some(what), Some(end), Some(copy.encode_raw())))
+        Ok((
+            Action::Footer,
+            Some(what),
+            Some(end),
+            Some(copy.encode_raw()),
+        ))
     }
 
     /// A second descriptor of the open file (not a second open: the name may change).
@@ -413,8 +432,14 @@ fn differing_fields(a: &Footer, b: &Footer) -> Vec<&'static str> {
         ("features", a.features != b.features),
         ("data offset", a.data_offset != b.data_offset),
         ("timestamp", a.timestamp != b.timestamp),
-        ("creator", a.creator_app != b.creator_app || a.creator_version != b.creator_version),
-        ("size", a.orig_size != b.orig_size || a.curr_size != b.curr_size),
+        (
+            "creator",
+            a.creator_app != b.creator_app || a.creator_version != b.creator_version,
+        ),
+        (
+            "size",
+            a.orig_size != b.orig_size || a.curr_size != b.curr_size,
+        ),
         ("geometry", a.geometry != b.geometry),
         ("disk type", a.disk_type_raw != b.disk_type_raw),
         ("uuid", a.uuid != b.uuid),
