@@ -488,12 +488,12 @@ pub enum VhdCommand {
     },
     /// vhd-util query: same lines, same order, same exit codes
     #[command(
+        disable_help_flag = true,
         after_help = "Example (what XenServer's SM runs):\n  glance-vhd vhd query -vsafp -n /var/run/sr-mount/SR/1234.vhd\n\nThe flags: glance-vhd vhd query --help"
     )]
-    #[command(disable_help_flag = true)]
     Query {
-        /// vhd-util's flags, parsed by [`QueryArgs`] on their own: there `-v` is the
-        /// virtual size, which the global `-v` (verbose) would otherwise take.
+        /// vhd-util's flags, parsed on their own (`cli::vhd::QueryArgs`): there `-v`
+        /// is the virtual size, which the global `-v` (verbose) would otherwise take.
         #[arg(allow_hyphen_values = true, trailing_var_arg = true, num_args = 0..)]
         args: Vec<std::ffi::OsString>,
     },
@@ -631,51 +631,6 @@ impl VhdCommand {
     }
 }
 
-/// `vhd query`'s flags, vhd-util's letters, parsed apart from the rest of the command
-/// line (see `VhdCommand::Query`).
-#[derive(Parser, Debug)]
-#[command(
-    name = "query",
-    bin_name = "glance-vhd vhd query",
-    about = "vhd-util query: same lines, same order, same exit codes",
-    after_help = "Example (what XenServer's SM runs):\n  glance-vhd vhd query -vsafp -n /var/run/sr-mount/SR/1234.vhd"
-)]
-pub struct QueryArgs {
-    /// The file
-    #[arg(short = 'n', required = true)]
-    pub name: PathBuf,
-    /// Virtual size in MiB
-    #[arg(short = 'v')]
-    pub virt: bool,
-    /// Physical size in bytes
-    #[arg(short = 's')]
-    pub phys: bool,
-    /// Parent path
-    #[arg(short = 'p')]
-    pub parent: bool,
-    /// With -p: the locator text instead of the resolved path
-    #[arg(short = 'u')]
-    pub unresolved: bool,
-    /// Hidden flag
-    #[arg(short = 'f')]
-    pub hidden: bool,
-    /// Marker flag
-    #[arg(short = 'm')]
-    pub marker: bool,
-    /// Chain depth
-    #[arg(short = 'd')]
-    pub depth: bool,
-    /// Allocated block count
-    #[arg(short = 'a')]
-    pub allocated: bool,
-    /// Maximum virtual size in MiB (BAT entries x 2)
-    #[arg(short = 'S')]
-    pub max_size: bool,
-    /// Accepted for compatibility (vhd-util logs to syslog with it)
-    #[arg(long)]
-    pub debug: bool,
-}
-
 /// Pin the UUID and creation time (reproducible files, tests).
 #[derive(Args, Debug, Default)]
 pub struct StampArgs {
@@ -809,7 +764,6 @@ mod tests {
     #[test]
     fn the_command_line_passes_clap_s_checks() {
         Cli::command().debug_assert();
-        QueryArgs::command().debug_assert();
     }
 
     #[test]

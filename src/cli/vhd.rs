@@ -4,12 +4,12 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use super::args::{QueryArgs, VhdCommand};
+use super::args::VhdCommand;
 use super::output::{self, CliError};
 use crate::error::exit;
 use crate::vhd::{self, check::CheckOptions, repair::RepairError, OpenMode, Vhd, VhdError};
@@ -283,6 +283,51 @@ fn query(q: &QueryArgs) -> ExitCode {
     ExitCode::from(status as u8)
 }
 
+/// `vhd query`'s flags, vhd-util's letters, parsed apart from the rest of the command
+/// line (see `VhdCommand::Query`).
+#[derive(Parser, Debug)]
+#[command(
+    name = "query",
+    bin_name = "glance-vhd vhd query",
+    about = "vhd-util query: same lines, same order, same exit codes",
+    after_help = "Example (what XenServer's SM runs):\n  glance-vhd vhd query -vsafp -n /var/run/sr-mount/SR/1234.vhd"
+)]
+pub struct QueryArgs {
+    /// The file
+    #[arg(short = 'n', required = true)]
+    pub name: PathBuf,
+    /// Virtual size in MiB
+    #[arg(short = 'v')]
+    pub virt: bool,
+    /// Physical size in bytes
+    #[arg(short = 's')]
+    pub phys: bool,
+    /// Parent path
+    #[arg(short = 'p')]
+    pub parent: bool,
+    /// With -p: the locator text instead of the resolved path
+    #[arg(short = 'u')]
+    pub unresolved: bool,
+    /// Hidden flag
+    #[arg(short = 'f')]
+    pub hidden: bool,
+    /// Marker flag
+    #[arg(short = 'm')]
+    pub marker: bool,
+    /// Chain depth
+    #[arg(short = 'd')]
+    pub depth: bool,
+    /// Allocated block count
+    #[arg(short = 'a')]
+    pub allocated: bool,
+    /// Maximum virtual size in MiB (BAT entries x 2)
+    #[arg(short = 'S')]
+    pub max_size: bool,
+    /// Accepted for compatibility (vhd-util logs to syslog with it)
+    #[arg(long)]
+    pub debug: bool,
+}
+
 /// blktap `vhd_hidden`: the footer in use, except that for old tap files (0.1, 1.1) the
 /// flag lives in the copy at offset 0.
 fn hidden_as_blktap_reads_it(v: &Vhd) -> u8 {
@@ -293,4 +338,16 @@ fn hidden_as_blktap_reads_it(v: &Vhd) -> u8 {
         }
     }
     v.footer.hidden
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks, which debug builds run on every parse (panicking).
+    #[test]
+    fn query_flags_pass_clap_s_checks() {
+        QueryArgs::command().debug_assert();
+    }
 }
