@@ -187,7 +187,6 @@ fn read(file: &Path, out: &Path) -> Result<(), VhdError> {
     Ok(())
 }
 
-/// `vhd-util query`, line for line (vhd-format.md §8).
 /// Whether `e` is a write into a pipe whose reader is gone.
 fn broken_pipe(e: &VhdError) -> bool {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -200,6 +199,7 @@ fn broken_pipe(e: &VhdError) -> bool {
     false
 }
 
+/// `vhd-util query`, line for line (vhd-format.md §8).
 fn query(q: &QueryArgs) -> ExitCode {
     let name = q.name.display().to_string();
     let open = Vhd::open(
