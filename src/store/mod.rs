@@ -7,6 +7,7 @@ pub mod clouds;
 pub mod glance;
 pub mod keystone;
 mod remote;
+mod resume;
 
 pub use remote::Remote;
 
@@ -405,8 +406,12 @@ pub enum Source {
 }
 
 impl Source {
-    /// Open the body, with the checksums the store declares.
-    pub fn open(&self) -> Result<(Box<dyn Read + Send>, Expected), StoreError> {
+    /// Open the body, with the checksums the store declares. With a `resume` budget, a
+    /// Glance v2 body that breaks resumes in place while the budget lasts.
+    pub fn open(
+        &self,
+        resume: Option<std::sync::Arc<crate::retry::Budget>>,
+    ) -> Result<(Box<dyn Read + Send>, Expected), StoreError> {
         match self {
             Source::Local(l) => {
                 let (body, size) = l.open()?;
@@ -423,7 +428,7 @@ impl Source {
                     },
                 ))
             }
-            Source::Glance(g, id) => g.download(id),
+            Source::Glance(g, id) => g.download(id, resume),
         }
     }
 }
