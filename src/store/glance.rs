@@ -15,7 +15,6 @@ use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
 use super::keystone::Session;
 use super::{Expected, StoreError};
-use crate::retry::Budget;
 
 /// Which Glance API to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,14 +175,13 @@ impl Glance {
             .chain(token.map(|t| ("X-Auth-Token", t)))
     }
 
-    /// Open the image body for download, with what the store says it should hash to.
-    /// With a `resume` budget, a v2 body that breaks continues where it broke
-    /// ([`super::resume`]) while the budget lasts.
-    pub fn download(
+    /// Open the image body for download, with what the store says it should hash to
+    /// and, for v2, the image record the body belongs to (what a resume must find again:
+    /// `store::resume`).
+    pub(super) fn open_image(
         &self,
         image_id: &str,
-        resume: Option<Arc<Budget>>,
-    ) -> Result<(Box<dyn Read + Send>, Expected), StoreError> {
+    ) -> Result<(NetBody, Expected, Option<Record>), StoreError> {
         check_id(image_id)?;
         let mut expected = Expected::default();
         let mut pinned = None;
@@ -251,15 +249,7 @@ impl Glance {
         }
         let length = header("content-length").and_then(|s| s.parse().ok());
         let want = expected.size.or(length);
-        let body = NetBody::new(resp, url, 0, want);
-        let body: Box<dyn Read + Send> = match (resume, pinned) {
-            (Some(budget), Some(rec)) => {
-                super::resume::Resuming::wrap(self.clone(), image_id, rec, budget, body)
-            }
-            // v1 has no ranges to ask for: a break starts over, as it always did.
-            _ => Box::new(body),
-        };
-        Ok((body, expected))
+        Ok((NetBody::new(resp, url, 0, want), expected, pinned))
     }
 }
 

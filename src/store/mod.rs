@@ -428,7 +428,17 @@ impl Source {
                     },
                 ))
             }
-            Source::Glance(g, id) => g.download(id, resume),
+            Source::Glance(g, id) => {
+                let (body, expected, record) = g.open_image(id)?;
+                let body: Box<dyn Read + Send> = match (resume, record) {
+                    (Some(budget), Some(rec)) => {
+                        resume::Resuming::wrap(g.clone(), id, rec, budget, body)
+                    }
+                    // v1 has no ranges to ask for: a break starts over, as it always did.
+                    _ => Box::new(body),
+                };
+                Ok((body, expected))
+            }
         }
     }
 }

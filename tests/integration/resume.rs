@@ -208,6 +208,33 @@ fn a_store_that_ignores_range_starts_over() {
     assert!(fetched(&log) >= at + w.size, "{} bytes", fetched(&log));
 }
 
+/// Glance answers 206, but for a range that does not start where we stopped (the proxy
+/// asks for one byte later): a restart, never a splice.
+#[test]
+fn another_range_is_a_restart_not_a_splice() {
+    let _turn = helpers::glance_turn();
+    let w = Work::new(1);
+    let uncut = w.uncut();
+    let at = w.size / 2;
+    let log = w.path("proxy.log");
+    let p = proxy(helpers::glance_port(), at, &log, &["--shift-range", "1"]);
+    let (sr, o, _) = w.download(&p.url(), &["--retries", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&o)["summary"]["attempts"], 2);
+    assert_eq!(helpers::snapshot(&sr), uncut);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "Content-Range \"bytes {}-{}/{}\" is not the rest of the image from byte {at}",
+            at + 1,
+            w.size - 1,
+            w.size
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("resumed at byte"), "{err}");
+}
+
 #[test]
 fn with_no_retry_left_a_break_fails_as_before() {
     let _turn = helpers::glance_turn();

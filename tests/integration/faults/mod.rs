@@ -396,11 +396,37 @@ fn download_faults_leave_the_sr_untouched() {
         exit_of(&o),
         &format!("deadline after {:.1} s; SR untouched", took.as_secs_f64()),
     );
+    // A stall with a retry: the idle timeout breaks the body, which resumes on a new
+    // connection.
+    let proxy = fault_proxy("download", "stall", 7000, &log);
+    let o = download(
+        &proxy,
+        &with_uuids(&[
+            "--retries",
+            "1",
+            "--retry-delay",
+            "0.1",
+            "--idle-timeout",
+            "2",
+            "-v",
+        ]),
+    );
+    assert!(o.status.success(), "stall + retry: {}", stderr(&o));
+    assert_eq!(resumed_at(&stderr(&o)), Some(7000), "{}", stderr(&o));
+    assert_eq!(site.snapshot(), uncut, "stall + retry");
+    forget("stall + retry");
+    report.row_resumed(
+        "stall at byte 7000, --idle-timeout 2, --retries 1",
+        "stall",
+        exit_of(&o),
+        "idle timeout, then resumed: SR = uncut",
+        "at byte 7000; SR = uncut",
+    );
     // One fault, one retry: the whole chain arrives and checks.
     let proxy = fault_proxy("download", "cut", 6777, &log);
     let o = download(
         &proxy,
-        &["--retries", "1", "--retry-delay", "0.1", "--json"],
+        &["--retries", "1", "--retry-delay", "0.1", "--json", "-v"],
     );
     assert!(o.status.success(), "cut + retry: {}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -409,11 +435,13 @@ fn download_faults_leave_the_sr_untouched() {
     assert_eq!(site.snapshot().len(), before.len() + 3);
     site.assert_chains_whole("cut + retry");
     assert!(site.staging_dirs().is_empty());
-    report.row(
+    assert_eq!(resumed_at(&stderr(&o)), Some(6777), "{}", stderr(&o));
+    report.row_resumed(
         "cut at byte 6777 (0.vhd footer copy), --retries 1",
         "cut",
         exit_of(&o),
         "second attempt: whole chain in the SR, check --parents valid",
+        "at byte 6777",
     );
 }
 
