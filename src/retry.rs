@@ -4,8 +4,15 @@
 //! local I/O failures return at once: retrying them only delays the bad news.
 //!
 //! The plugin does not retry: Nova calls it again itself (`glance_num_retries`), with
-//! the next Glance server.
+//! the next Glance server. It does resume a broken download in place ([`Budget`] with
+//! [`PLUGIN_RESUMES`]): the bytes already received are not lost, and Nova's own retry
+//! still starts over when a resume is refused.
+//!
+//! A download that breaks may resume where it broke (`store::resume`) instead of
+//! starting over: a resume is an attempt like a restart, taken from the same
+//! [`Budget`] with the same pauses, so `--retries` bounds both together.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::error::{ErrorKind, Kind};
@@ -46,22 +53,100 @@ impl Policy {
     }
 }
 
+/// Resumes a plugin download may make within one call (the plugin has no retries of its
+/// own: Nova's `glance_num_retries` starts over). Three, as the CLI's default
+/// `--retries`: with the default pauses at most 2 + 4 + 8 s of waiting, well inside
+/// the minutes a 20 GB image takes, and a store that keeps breaking still fails the call
+/// soon enough for Nova to try its next server.
+pub const PLUGIN_RESUMES: u32 = 3;
+
+/// The retries of one job, shared by the retry loop ([`run_with`]) and whatever retries
+/// from inside an attempt (a download that resumes in place): each takes the next retry
+/// with its pause from here, so the two together never exceed `policy.retries`.
+#[derive(Debug)]
+pub struct Budget {
+    policy: Policy,
+    /// Retries taken so far: the index of the attempt running now.
+    used: AtomicU32,
+    /// The last retry taken (and its pause waited) by a resume that was then refused:
+    /// the restart that follows is that same attempt, without another pause.
+    owed: AtomicBool,
+}
+
+impl Budget {
+    pub fn new(policy: Policy) -> Budget {
+        Budget {
+            policy,
+            used: AtomicU32::new(0),
+            owed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The index (0-based) of the attempt running now; attempts made so far is one more.
+    pub fn current(&self) -> u32 {
+        self.used.load(Ordering::SeqCst)
+    }
+
+    /// Take the next retry: its number (1-based) and the pause to wait before it, or
+    /// `None` when the retries are used up.
+    pub fn take(&self) -> Option<(u32, Duration)> {
+        let n = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                (u < self.policy.retries).then_some(u + 1)
+            })
+            .ok()?
+            + 1;
+        Some((n, self.policy.delay(n)))
+    }
+
+    /// The retry just taken could not be used in place (a resume the store refused): the
+    /// caller's error makes the retry loop run it as a restart, at once.
+    pub fn give_back(&self) {
+        self.owed.store(true, Ordering::SeqCst);
+    }
+
+    fn take_owed(&self) -> bool {
+        self.owed.swap(false, Ordering::SeqCst)
+    }
+}
+
 /// Run `attempt(0)`, `attempt(1)`, … until one succeeds, an error is not retryable, or
 /// the retries are used up. `on_retry(next_attempt, error, pause)` runs before each
 /// pause (to log it). The last error is returned as it is: its kind, and so the exit
 /// code, says "retryable" when the retries ran out.
 pub fn run<T, E: Kind>(
     policy: &Policy,
+    attempt: impl FnMut(u32) -> Result<T, E>,
+    on_retry: impl FnMut(u32, &E, Duration),
+) -> Result<T, E> {
+    run_with(&Budget::new(*policy), attempt, on_retry)
+}
+
+/// [`run`] with a budget that an attempt may also draw from (a download resuming in
+/// place): the attempt numbers it passes skip the retries taken inside; a retry taken
+/// inside and given back ([`Budget::give_back`]) is the next attempt, without a second
+/// pause.
+pub fn run_with<T, E: Kind>(
+    budget: &Budget,
     mut attempt: impl FnMut(u32) -> Result<T, E>,
     mut on_retry: impl FnMut(u32, &E, Duration),
 ) -> Result<T, E> {
-    let mut n = 0u32;
     loop {
-        match attempt(n) {
+        match attempt(budget.current()) {
             Ok(v) => return Ok(v),
-            Err(e) if e.kind() == ErrorKind::Retryable && n < policy.retries => {
-                n += 1;
-                let pause = policy.delay(n);
+            Err(e) if e.kind() == ErrorKind::Retryable => {
+                if budget.take_owed() {
+                    on_retry(budget.current(), &e, Duration::ZERO);
+                    continue;
+                }
+                let Some((n, pause)) = budget.take() else {
+                    return Err(e);
+                };
                 on_retry(n, &e, pause);
                 std::thread::sleep(pause);
             }
@@ -146,5 +231,48 @@ mod tests {
         );
         assert_eq!(r.err().map(|e| e.0), Some(ErrorKind::Retryable));
         assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn retries_taken_inside_an_attempt_count() {
+        // Attempt 0 resumes once in place (retry 1), then fails: the loop's next attempt
+        // is 2, and with 2 retries that is the last.
+        let b = Budget::new(quick(2));
+        let mut seen = Vec::new();
+        let r: Result<(), E> = run_with(
+            &b,
+            |n| {
+                seen.push(n);
+                if n == 0 {
+                    assert_eq!(b.take().map(|t| t.0), Some(1));
+                }
+                Err(E(ErrorKind::Retryable))
+            },
+            |_, _, _| {},
+        );
+        assert!(r.is_err());
+        assert_eq!(seen, [0, 2]);
+        assert_eq!(b.take(), None);
+
+        // A resume refused gives its retry back: the restart is that attempt, no pause.
+        let b = Budget::new(quick(1));
+        let mut seen = Vec::new();
+        let mut pauses = Vec::new();
+        let r = run_with(
+            &b,
+            |n| {
+                seen.push(n);
+                if n == 0 {
+                    assert!(b.take().is_some());
+                    b.give_back();
+                    return Err(E(ErrorKind::Retryable));
+                }
+                Ok(n)
+            },
+            |_, _, p| pauses.push(p),
+        );
+        assert_eq!(r.ok(), Some(1));
+        assert_eq!(seen, [0, 1]);
+        assert_eq!(pauses, [Duration::ZERO]);
     }
 }

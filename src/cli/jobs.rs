@@ -192,13 +192,29 @@ impl Job {
         &self,
         store: &Store,
         what: &str,
+        attempt: impl FnMut(u32) -> Result<T, E>,
+    ) -> Result<(T, u32), E> {
+        self.retry_in(&self.budget(), store, what, attempt)
+    }
+
+    /// A fresh budget of this job's retries.
+    fn budget(&self) -> Arc<crate::retry::Budget> {
+        Arc::new(crate::retry::Budget::new(self.policy))
+    }
+
+    /// [`Job::retry`] with a budget the attempts may also spend inside (a download that
+    /// resumes in place): the attempts made count those too.
+    fn retry_in<T, E: StdError + Kind>(
+        &self,
+        budget: &crate::retry::Budget,
+        store: &Store,
+        what: &str,
         mut attempt: impl FnMut(u32) -> Result<T, E>,
     ) -> Result<(T, u32), E> {
-        let mut used = 0;
-        let r = crate::retry::run(
-            &self.policy,
+        let r = crate::retry::run_with(
+            budget,
             |n| {
-                used = n + 1;
+                // A restart counts from zero; a resume (inside the attempt) does not.
                 self.progress.reset();
                 say(
                     1,
@@ -218,7 +234,7 @@ impl Job {
                 log::syslog(Level::Warning, &line);
             },
         );
-        r.map(|v| (v, used))
+        r.map(|v| (v, budget.current() + 1))
     }
 
     /// Stop the display (the summary follows on a clean line) and say how long it took.
@@ -298,13 +314,15 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
         _ => format!("download of {}", store.describe(0)),
     };
     let job = Job::start(&a.job, &store, a.sr.path(), what.clone())?;
+    let budget = job.budget();
     let opts = ImportOptions {
         sr_path: a.sr.path().to_path_buf(),
         uuid_stack,
         lock_dir: a.lock_dir.clone(),
         transfer: job.transfer(&a.job),
+        resume: Some(budget.clone()),
     };
-    let result = job.retry(&store, &what, |n| {
+    let result = job.retry_in(&budget, &store, &what, |n| {
         let source = match &a.image_id {
             Some(id) if http => Source::Glance(store.glance(n)?, id.clone()),
             _ => Source::Local(Location::parse(store.local())?),

@@ -72,6 +72,9 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/ca-bundle.pem",
 ];
 
+/// A client: cheap to clone (the agent's connection pool and the session are shared), so
+/// a resuming body can own one.
+#[derive(Clone)]
 pub struct Glance {
     agent: ureq::Agent,
     cfg: GlanceConfig,
@@ -140,10 +143,24 @@ impl Glance {
     }
 
     fn get(&self, url: &str) -> Result<ureq::http::Response<ureq::Body>, StoreError> {
+        self.get_from(url, None)
+    }
+
+    /// `GET url`, from byte `from` on (`Range: bytes=N-`) if given: the same
+    /// authenticated path as every request (the session's token, renewed after a 401).
+    pub(super) fn get_from(
+        &self,
+        url: &str,
+        from: Option<u64>,
+    ) -> Result<ureq::http::Response<ureq::Body>, StoreError> {
+        let range = from.map(|n| format!("bytes={n}-"));
         self.authed("GET", url, |token| {
             let mut req = self.agent.get(url);
             for (k, v) in self.headers(token) {
                 req = req.header(k, v);
+            }
+            if let Some(r) = &range {
+                req = req.header("Range", r.as_str());
             }
             req.call()
         })
@@ -158,10 +175,16 @@ impl Glance {
             .chain(token.map(|t| ("X-Auth-Token", t)))
     }
 
-    /// Open the image body for download, with what the store says it should hash to.
-    pub fn download(&self, image_id: &str) -> Result<(Box<dyn Read + Send>, Expected), StoreError> {
+    /// Open the image body for download, with what the store says it should hash to
+    /// and, for v2, the image record the body belongs to (what a resume must find again:
+    /// `store::resume`).
+    pub(super) fn open_image(
+        &self,
+        image_id: &str,
+    ) -> Result<(NetBody, Expected, Option<Record>), StoreError> {
         check_id(image_id)?;
         let mut expected = Expected::default();
+        let mut pinned = None;
         let url = match self.cfg.api {
             Api::V2 => {
                 let meta_url = self.url(&self.image_path(image_id));
@@ -185,6 +208,7 @@ impl Glance {
                 }
                 expected.size = rec["size"].as_u64();
                 expected.name = rec["name"].as_str().map(str::to_string);
+                pinned = Some(Record::from_json(&rec));
                 self.url(&format!("{}/file", self.image_path(image_id)))
             }
             Api::V1 | Api::V1Diablo => self.url(&self.image_path(image_id)),
@@ -224,13 +248,8 @@ impl Glance {
             expected.name = header("x-image-meta-name");
         }
         let length = header("content-length").and_then(|s| s.parse().ok());
-        let body = NetBody {
-            inner: resp.into_body().into_reader(),
-            url,
-            got: 0,
-            want: expected.size.or(length),
-        };
-        Ok((Box::new(body), expected))
+        let want = expected.size.or(length);
+        Ok((NetBody::new(resp, url, 0, want), expected, pinned))
     }
 }
 
@@ -238,11 +257,30 @@ impl Glance {
 /// timeout — so it classifies as retryable rather than as "a broken image" when the
 /// inflater reports it; and a body that ends before the size the store declared is such
 /// an error too, never a short image that happens to inflate.
-struct NetBody<R> {
+pub(super) struct NetBody<R = ureq::BodyReader<'static>> {
     inner: R,
-    url: String,
-    got: u64,
+    pub(super) url: String,
+    /// Bytes of the image passed on, counted from its first byte (a resumed body starts
+    /// at its range's first byte).
+    pub(super) got: u64,
     want: Option<u64>,
+}
+
+impl NetBody {
+    /// The body of `resp`, the bytes from `got` on of an image of `want` bytes.
+    pub(super) fn new(
+        resp: ureq::http::Response<ureq::Body>,
+        url: String,
+        got: u64,
+        want: Option<u64>,
+    ) -> NetBody {
+        NetBody {
+            inner: resp.into_body().into_reader(),
+            url,
+            got,
+            want,
+        }
+    }
 }
 
 impl<R: Read> Read for NetBody<R> {

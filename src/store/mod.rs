@@ -7,6 +7,7 @@ pub mod clouds;
 pub mod glance;
 pub mod keystone;
 mod remote;
+mod resume;
 
 pub use remote::Remote;
 
@@ -428,8 +429,12 @@ pub enum Source {
 }
 
 impl Source {
-    /// Open the body, with the checksums the store declares.
-    pub fn open(&self) -> Result<(Box<dyn Read + Send>, Expected), StoreError> {
+    /// Open the body, with the checksums the store declares. With a `resume` budget, a
+    /// Glance v2 body that breaks resumes in place while the budget lasts.
+    pub fn open(
+        &self,
+        resume: Option<std::sync::Arc<crate::retry::Budget>>,
+    ) -> Result<(Box<dyn Read + Send>, Expected), StoreError> {
         match self {
             Source::Local(l) => {
                 let (body, size) = l.open()?;
@@ -446,7 +451,17 @@ impl Source {
                     },
                 ))
             }
-            Source::Glance(g, id) => g.download(id),
+            Source::Glance(g, id) => {
+                let (body, expected, record) = g.open_image(id)?;
+                let body: Box<dyn Read + Send> = match (resume, record) {
+                    (Some(budget), Some(rec)) => {
+                        resume::Resuming::wrap(g.clone(), id, rec, budget, body)
+                    }
+                    // v1 has no ranges to ask for: a break starts over, as it always did.
+                    _ => Box::new(body),
+                };
+                Ok((body, expected))
+            }
         }
     }
 }

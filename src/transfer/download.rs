@@ -3,10 +3,12 @@
 //! then link the chain and move it into the SR.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::{Result, Transfer};
 use crate::bundle::{self, Limits};
 use crate::log;
+use crate::retry::Budget;
 use crate::sr::{self, Imported};
 use crate::store::{Digests, Expected, HashingReader, Source, StoreError};
 use crate::stream::Prefetch;
@@ -22,6 +24,9 @@ pub struct ImportOptions {
     /// `<dir>/<sr-uuid>/sr`.
     pub lock_dir: PathBuf,
     pub transfer: Transfer,
+    /// The job's retries, which a Glance v2 body that breaks may spend resuming in place
+    /// (`store::resume`); `None`: a break fails the attempt, as with every other store.
+    pub resume: Option<Arc<Budget>>,
 }
 
 /// A finished download: the imported chain and what the wire carried.
@@ -43,7 +48,7 @@ pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
     if let Some(stack) = &opts.uuid_stack {
         sr::check_new_vdis(&opts.sr_path, "uuid_stack", stack)?;
     }
-    let (body, expected) = source.open()?;
+    let (body, expected) = source.open(opts.resume.clone())?;
     log::step(&format!(
         "unpacking the image into {}{}",
         import.dir().display(),

@@ -187,26 +187,53 @@ fn download_failures_leave_the_sr_untouched() {
     let id = helpers::glance_image(Some(&tgz));
     let port = helpers::glance_port().to_string();
     for cut in ["300", "2000", "9000"] {
-        let proxy = helpers::Peer::cut_proxy(&port, cut, false);
-        let url = proxy.url();
         let lock = w.dir.path().join("lock");
-        let o = w.run(&[
-            "download",
-            "--endpoint",
-            &url,
-            "--image-id",
-            &id,
-            "--sr-path",
-            sr.to_str().unwrap(),
-            "--lock-dir",
-            lock.to_str().unwrap(),
-            // Every connection is cut: the retries fail too, quickly.
-            "--retry-delay",
-            "0.01",
-        ]);
-        drop(proxy);
+        let run = |retries: &str| {
+            let proxy = helpers::Peer::cut_proxy(&port, cut, false);
+            let url = proxy.url();
+            w.run(&[
+                "download",
+                "--endpoint",
+                &url,
+                "--image-id",
+                &id,
+                "--sr-path",
+                sr.to_str().unwrap(),
+                "--lock-dir",
+                lock.to_str().unwrap(),
+                "--retries",
+                retries,
+                "--retry-delay",
+                "0.01",
+                "-v",
+            ])
+        };
+        // No retry: the cut body is refused.
+        let o = run("0");
         assert!(!o.status.success(), "cut at {cut}: accepted");
         assert_eq!(listing(&sr), ["existing.vhd"], "cut at {cut}");
+        // Every connection is cut at the same byte, retries and resumes too: each
+        // resume brings what its connection carries. Refused with the SR untouched,
+        // or — only by resuming — the whole chain, as it reads in the tarball.
+        let o = run("3");
+        if o.status.success() {
+            let err = helpers::stderr(&o);
+            assert!(err.contains("resumed at byte"), "cut at {cut}: {err}");
+            let leaf = helpers::stdout(&o).lines().next().unwrap().to_string();
+            assert_eq!(
+                w.content(&sr.join(format!("{leaf}.vhd"))),
+                helpers::CHILD_CONTENT,
+                "cut at {cut}"
+            );
+            assert_eq!(listing(&sr).len(), 3, "cut at {cut}");
+            for name in listing(&sr) {
+                if name != "existing.vhd" {
+                    std::fs::remove_file(sr.join(name)).unwrap();
+                }
+            }
+        } else {
+            assert_eq!(listing(&sr), ["existing.vhd"], "cut at {cut}");
+        }
     }
 }
 

@@ -29,6 +29,7 @@ mod plugin;
 mod plugin_kernel_fsync;
 mod plugin_memory;
 mod relink_io;
+mod resume;
 mod samples;
 mod store_v1;
 mod upload;

@@ -17,8 +17,13 @@ one fault into the body of the first request or response that matches:
                          client's deadline must)
 
 Other requests and connections pass untouched, and so does everything after the one
-fault (a retry succeeds). --log FILE gets a line per request and per fault. Stops after
-300 s without a connection."""
+fault (a retry succeeds). --strip-range drops the Range header of every request (a proxy
+that ignores ranges: the server answers 200 with the whole body); --shift-range K asks
+for K bytes later than the client did (a store that answers 206 with another range).
+--log FILE gets a line
+per request, per fault, and per response ("response N bytes": head and body as passed on
+to the client, so a test can count what a download fetched). Stops after 300 s without a
+connection."""
 import argparse, select, socket, struct, threading, time
 
 ap = argparse.ArgumentParser()
@@ -28,6 +33,8 @@ ap.add_argument("--match", default="/file")
 ap.add_argument("--fault", choices=["cut", "reset", "stall", "drip"], required=True)
 ap.add_argument("--at", type=int, required=True)
 ap.add_argument("--log")
+ap.add_argument("--strip-range", action="store_true")
+ap.add_argument("--shift-range", type=int, default=0)
 args = ap.parse_args()
 
 fired = [False]
@@ -235,6 +242,16 @@ def requests(conn, queue, cv):
                 queue.append((method, match))
                 cv.notify()
             log("request %s %s" % (method.decode(), path.decode()))
+            if args.strip_range or args.shift_range:
+                lines = []
+                for l in head.split(b"\r\n"):
+                    if l.lower().startswith(b"range:"):
+                        if args.strip_range:
+                            continue
+                        n = int(l.split(b"=", 1)[1].rstrip(b"-"))
+                        l = b"Range: bytes=%d-" % (n + args.shift_range)
+                    lines.append(l)
+                head = b"\r\n".join(lines)
             conn.server.sendall(head)
             armed = args.direction == "upload" and match and method in (b"PUT", b"POST") and claim()
             forward_body(r, Body(conn, conn.server, armed, "request " + path.decode()), head, False, method)
@@ -264,7 +281,11 @@ def responses(conn, queue, cv):
                 raise Stop
             conn.client.sendall(head)
             armed = args.direction == "download" and match and method == b"GET" and claim()
-            forward_body(r, Body(conn, conn.client, armed, "response"), head, True, method)
+            body = Body(conn, conn.client, armed, "response")
+            try:
+                forward_body(r, body, head, True, method)
+            finally:
+                log("response %d bytes" % (len(head) + body.pos))
     except (EOFError, OSError, Stop, ValueError, IndexError):
         pass
     conn.dead.set()

@@ -5,12 +5,14 @@
 //! answers in the form its generation's callers expect.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::kwargs::{wrong, Kwargs};
 use super::{Args, CallError, FromParams, Op, PluginCall, Result, Value};
 use crate::bundle::pack::PackOptions;
 use crate::log;
 use crate::progress::{Display, Monitor, Progress};
+use crate::retry::{Budget, Policy, PLUGIN_RESUMES};
 use crate::sr::ChainSpec;
 use crate::store::glance::{Api, Glance, GlanceConfig};
 use crate::store::{Source, Target};
@@ -321,6 +323,12 @@ impl DownloadArgs {
             uuid_stack: Some(self.uuid_stack.clone()),
             lock_dir: crate::sr::sm_lock_dir(),
             transfer,
+            // No restarts here (Nova's own retry starts over), but a body that breaks
+            // resumes in place: the bytes already received are not fetched again.
+            resume: Some(Arc::new(Budget::new(Policy {
+                retries: PLUGIN_RESUMES,
+                ..Policy::default()
+            }))),
         };
         let d = transfer::download(&source, &opts);
         monitor.stop();

@@ -6,7 +6,9 @@
 //! * the SR holds exactly the files it held, byte for byte — or, after a completed
 //!   import, the whole chain too, with `vhd check --parents` valid;
 //! * no staging directory is left (after `sweep`, for a killed process);
-//! * no Glance image becomes `active` with partial data.
+//! * no Glance image becomes `active` with partial data;
+//! * a download given a retry resumes where the cut was (`Range`) and ends with the SR
+//!   byte-identical to an uncut download (the download table's "resumed" column).
 //!
 //! `make test` runs a short form; `make faults` (GLANCE_VHD_FAULTS=full) cuts at every
 //! offset tests/peers/offsets.py finds (≥ 20 per direction) and prints the table each
@@ -23,24 +25,48 @@ use crate::helpers::{glance_record, stderr, stdout};
 
 mod local;
 
-/// One table per test: case → outcome, written to target/tmp/faults-<name>.md.
+/// One table per test: case → outcome (and, for downloads, what a retry did: resumed
+/// where, or —), written to target/tmp/faults-<name>.md.
 struct Report {
     name: &'static str,
-    rows: Vec<[String; 4]>,
+    /// The download table's "resumed" column.
+    resumed: bool,
+    rows: Vec<Vec<String>>,
 }
 
 impl Report {
     fn new(name: &'static str) -> Report {
         Report {
             name,
+            resumed: false,
             rows: Vec::new(),
         }
     }
 
+    fn with_resumed(name: &'static str) -> Report {
+        let mut r = Report::new(name);
+        r.resumed = true;
+        r
+    }
+
     fn row(&mut self, case: impl Into<String>, fault: &str, exit: Option<i32>, outcome: &str) {
+        self.row_resumed(case, fault, exit, outcome, "—");
+    }
+
+    fn row_resumed(
+        &mut self,
+        case: impl Into<String>,
+        fault: &str,
+        exit: Option<i32>,
+        outcome: &str,
+        resumed: &str,
+    ) {
         let exit = exit.map_or("killed".to_string(), |c| c.to_string());
-        self.rows
-            .push([case.into(), fault.to_string(), exit, outcome.to_string()]);
+        let mut row = vec![case.into(), fault.to_string(), exit, outcome.to_string()];
+        if self.resumed {
+            row.push(resumed.to_string());
+        }
+        self.rows.push(row);
     }
 }
 
@@ -49,12 +75,17 @@ impl Drop for Report {
         if std::thread::panicking() {
             return;
         }
-        let mut t = format!(
-            "### {}\n\n| case | fault | exit | outcome |\n|---|---|---|---|\n",
-            self.name
-        );
+        let (head, rule) = if self.resumed {
+            (
+                "| case | fault | exit | outcome | resumed (--retries 1) |",
+                "|---|---|---|---|---|",
+            )
+        } else {
+            ("| case | fault | exit | outcome |", "|---|---|---|---|")
+        };
+        let mut t = format!("### {}\n\n{head}\n{rule}\n", self.name);
         for r in &self.rows {
-            t.push_str(&format!("| {} | {} | {} | {} |\n", r[0], r[1], r[2], r[3]));
+            t.push_str(&format!("| {} |\n", r.join(" | ")));
         }
         t.push_str(&format!("\n{} cases, all as promised.\n", self.rows.len()));
         let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("faults-{}.md", self.name));
@@ -199,6 +230,12 @@ fn offsets(tgz: &Path) -> Vec<(String, u64)> {
     }
 }
 
+/// The byte a download resumed at, from its `-v` line "… resumed at byte N of M …".
+fn resumed_at(stderr: &str) -> Option<u64> {
+    let rest = &stderr[stderr.find("resumed at byte ")? + "resumed at byte ".len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
 fn exit_of(o: &Output) -> Option<i32> {
     o.status.code()
 }
@@ -209,19 +246,18 @@ fn exit_of(o: &Output) -> Option<i32> {
 #[test]
 fn download_faults_leave_the_sr_untouched() {
     let _turn = helpers::glance_turn();
-    let mut report = Report::new("download");
+    let mut report = Report::with_resumed("download");
     let site = Site::new();
     let tgz = site.tarball("img.tgz");
     let id = helpers::glance_image(Some(&tgz));
     let before = site.snapshot();
     let log = site.path("proxy.log");
     let lock = site.lock_dir();
-    let download = |proxy: &helpers::Peer, extra: &[&str]| {
-        let url = proxy.url();
+    let download_from = |url: &str, extra: &[&str]| {
         let mut a = vec![
             "download",
             "--endpoint",
-            &url,
+            url,
             "--image-id",
             &id,
             "--sr-path",
@@ -233,6 +269,30 @@ fn download_faults_leave_the_sr_untouched() {
         a.extend_from_slice(extra);
         site.run(&a)
     };
+    let download = |proxy: &helpers::Peer, extra: &[&str]| download_from(&proxy.url(), extra);
+    // What an uncut download leaves, under fixed VDI UUIDs: every resumed download
+    // must leave exactly this.
+    let uuids = [
+        "eeeeeeee-0000-4000-8000-000000000001",
+        "eeeeeeee-0000-4000-8000-000000000002",
+        "eeeeeeee-0000-4000-8000-000000000003",
+    ];
+    let with_uuids = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut a: Vec<&str> = uuids.iter().flat_map(|u| ["--uuid", *u]).collect();
+        a.extend_from_slice(extra);
+        a
+    };
+    let o = download_from(helpers::glance_url(), &with_uuids(&["--retries", "0"]));
+    assert!(o.status.success(), "uncut: {}", stderr(&o));
+    let uncut = site.snapshot();
+    assert_eq!(uncut.len(), before.len() + 3);
+    let forget = |what: &str| {
+        for u in uuids {
+            std::fs::remove_file(site.sr.join(format!("{u}.vhd"))).unwrap();
+        }
+        site.assert_untouched(&before, what);
+    };
+    forget("uncut");
     let faults: &[&str] = if helpers::faults_full() {
         &["cut", "reset"]
     } else {
@@ -246,11 +306,42 @@ fn download_faults_leave_the_sr_untouched() {
             let what = format!("{fault} at {at} ({label})");
             assert_eq!(exit_of(&o), Some(5), "{what}: {}", stderr(&o));
             site.assert_untouched(&before, &what);
-            report.row(
+            // The same fault with one retry: it resumes where the body broke.
+            let proxy = fault_proxy("download", fault, at, &log);
+            let r = download(
+                &proxy,
+                &with_uuids(&[
+                    "--retries",
+                    "1",
+                    "--retry-delay",
+                    "0.1",
+                    "--idle-timeout",
+                    "10",
+                    "-v",
+                ]),
+            );
+            assert!(r.status.success(), "{what}, resumed: {}", stderr(&r));
+            let from = resumed_at(&stderr(&r))
+                .unwrap_or_else(|| panic!("{what}: did not resume: {}", stderr(&r)));
+            // A cut (FIN) delivers every byte before it; a reset may drop the last
+            // ones in flight, and the resume starts where our bytes ended.
+            if *fault == "cut" {
+                assert_eq!(from, at, "{what}: {}", stderr(&r));
+            } else {
+                assert!(from <= at, "{what}: resumed at {from}");
+            }
+            assert_eq!(
+                site.snapshot(),
+                uncut,
+                "{what}: the SR differs from an uncut download"
+            );
+            forget(&what);
+            report.row_resumed(
                 format!("{label}, byte {at}"),
                 fault,
                 exit_of(&o),
                 "retryable error; SR untouched, no staging",
+                &format!("at byte {from}; SR = uncut"),
             );
         }
     }
@@ -305,11 +396,37 @@ fn download_faults_leave_the_sr_untouched() {
         exit_of(&o),
         &format!("deadline after {:.1} s; SR untouched", took.as_secs_f64()),
     );
+    // A stall with a retry: the idle timeout breaks the body, which resumes on a new
+    // connection.
+    let proxy = fault_proxy("download", "stall", 7000, &log);
+    let o = download(
+        &proxy,
+        &with_uuids(&[
+            "--retries",
+            "1",
+            "--retry-delay",
+            "0.1",
+            "--idle-timeout",
+            "2",
+            "-v",
+        ]),
+    );
+    assert!(o.status.success(), "stall + retry: {}", stderr(&o));
+    assert_eq!(resumed_at(&stderr(&o)), Some(7000), "{}", stderr(&o));
+    assert_eq!(site.snapshot(), uncut, "stall + retry");
+    forget("stall + retry");
+    report.row_resumed(
+        "stall at byte 7000, --idle-timeout 2, --retries 1",
+        "stall",
+        exit_of(&o),
+        "idle timeout, then resumed: SR = uncut",
+        "at byte 7000; SR = uncut",
+    );
     // One fault, one retry: the whole chain arrives and checks.
     let proxy = fault_proxy("download", "cut", 6777, &log);
     let o = download(
         &proxy,
-        &["--retries", "1", "--retry-delay", "0.1", "--json"],
+        &["--retries", "1", "--retry-delay", "0.1", "--json", "-v"],
     );
     assert!(o.status.success(), "cut + retry: {}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -318,11 +435,13 @@ fn download_faults_leave_the_sr_untouched() {
     assert_eq!(site.snapshot().len(), before.len() + 3);
     site.assert_chains_whole("cut + retry");
     assert!(site.staging_dirs().is_empty());
-    report.row(
+    assert_eq!(resumed_at(&stderr(&o)), Some(6777), "{}", stderr(&o));
+    report.row_resumed(
         "cut at byte 6777 (0.vhd footer copy), --retries 1",
         "cut",
         exit_of(&o),
         "second attempt: whole chain in the SR, check --parents valid",
+        "at byte 6777",
     );
 }
 
