@@ -184,6 +184,8 @@ impl Job {
         Transfer {
             rate_limit: args.rate_limit,
             progress: Some(self.progress.clone()),
+            // --deadline is the HTTP client's (GlanceConfig::deadline).
+            deadline: None,
         }
     }
 
@@ -303,6 +305,7 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
         uuid_stack,
         lock_dir: a.lock_dir.clone(),
         transfer: job.transfer(&a.job),
+        keep_swap: false,
     };
     let result = job.retry(&store, &what, |n| {
         let source = match &a.image_id {

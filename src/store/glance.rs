@@ -22,6 +22,11 @@ pub enum Api {
     V1,
     /// Diablo: v1 semantics at `/images/{id}`.
     V1Diablo,
+    /// The original plugin's store (Bexar): `/images/{id}` as [`Api::V1Diablo`], and an
+    /// upload with the headers it sent — `x-image-meta-is_public: True`,
+    /// `x-image-meta-status: queued`, `x-image-meta-type: vhd` — and none of ours
+    /// (properties only if the call gave some).
+    V1Seed,
     V2,
 }
 
@@ -134,7 +139,7 @@ impl Glance {
     fn image_path(&self, id: &str) -> String {
         match self.cfg.api {
             Api::V1 => format!("v1/images/{id}"),
-            Api::V1Diablo => format!("images/{id}"),
+            Api::V1Diablo | Api::V1Seed => format!("images/{id}"),
             Api::V2 => format!("v2/images/{id}"),
         }
     }
@@ -187,7 +192,7 @@ impl Glance {
                 expected.name = rec["name"].as_str().map(str::to_string);
                 self.url(&format!("{}/file", self.image_path(image_id)))
             }
-            Api::V1 | Api::V1Diablo => self.url(&self.image_path(image_id)),
+            Api::V1 | Api::V1Diablo | Api::V1Seed => self.url(&self.image_path(image_id)),
         };
         let resp = self.get(&url)?;
         let status = resp.status().as_u16();
@@ -229,6 +234,7 @@ impl Glance {
             url,
             got: 0,
             want: expected.size.or(length),
+            idle: self.cfg.idle_timeout,
         };
         Ok((Box::new(body), expected))
     }
@@ -243,6 +249,8 @@ struct NetBody<R> {
     url: String,
     got: u64,
     want: Option<u64>,
+    /// The idle limit, for the message when it fires.
+    idle: Duration,
 }
 
 impl<R: Read> Read for NetBody<R> {
@@ -264,6 +272,22 @@ impl<R: Read> Read for NetBody<R> {
                 Ok(n)
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => Err(e),
+            // ureq's timeouts come as "other" errors wrapping its own: say which limit
+            // ended the transfer, in words an admin can match to the setting.
+            Err(e) if timeout_of(&e).is_some() => {
+                let what = match timeout_of(&e) {
+                    Some(ureq::Timeout::PerRead) => format!(
+                        "no data for {} s (the idle limit)",
+                        self.idle.as_secs_f64()
+                    ),
+                    Some(ureq::Timeout::Global) => "the deadline passed".to_string(),
+                    _ => e.to_string(),
+                };
+                Err(Error::new(
+                    ErrorKind::TimedOut,
+                    format!("{} after {} bytes: {what}", self.url, self.got),
+                ))
+            }
             Err(e) => {
                 let kind = match e.kind() {
                     k @ (ErrorKind::TimedOut
@@ -277,6 +301,14 @@ impl<R: Read> Read for NetBody<R> {
                 ))
             }
         }
+    }
+}
+
+/// The ureq timeout inside an I/O error from a body, if that is what it is.
+fn timeout_of(e: &std::io::Error) -> Option<ureq::Timeout> {
+    match e.get_ref()?.downcast_ref::<ureq::Error>()? {
+        ureq::Error::Timeout(t) => Some(*t),
+        _ => None,
     }
 }
 
@@ -419,7 +451,7 @@ impl Glance {
                 }
                 Ok(())
             }
-            Api::V1 | Api::V1Diablo => {
+            Api::V1 | Api::V1Diablo | Api::V1Seed => {
                 let url = self.url(&self.image_path(image_id));
                 let resp = self.authed("HEAD", &url, |token| {
                     let mut req = self.agent.head(&url);
@@ -461,7 +493,7 @@ impl Glance {
         check_id(image_id)?;
         let (url, ok) = match self.cfg.api {
             Api::V2 => (self.url(&format!("v2/images/{image_id}/file")), 204),
-            Api::V1 | Api::V1Diablo => (self.url(&self.image_path(image_id)), 200),
+            Api::V1 | Api::V1Diablo | Api::V1Seed => (self.url(&self.image_path(image_id)), 200),
         };
         // The body streams and cannot be sent twice: the token is made fresh first
         // (Glance checks it when the request starts, so it may expire during the upload).
@@ -473,7 +505,16 @@ impl Glance {
             .request("PUT", &url, token.as_ref().map(|t| t.expose()))
             // No length: ureq sends it chunked.
             .header("Content-Type", "application/octet-stream");
-        if self.cfg.api != Api::V2 {
+        if self.cfg.api == Api::V1Seed {
+            // What the original `_upload_tarball` put, as it put it.
+            req = req
+                .header("x-image-meta-is_public", "True")
+                .header("x-image-meta-status", "queued")
+                .header("x-image-meta-type", "vhd");
+            for (k, v) in properties {
+                req = req.header(format!("x-image-meta-property-{k}").as_str(), v.as_str());
+            }
+        } else if self.cfg.api != Api::V2 {
             req = req
                 .header("x-image-meta-disk-format", "vhd")
                 .header("x-image-meta-container-format", "ovf")
