@@ -194,7 +194,11 @@ impl Import {
                 // A chain of one: the same roles, check and hidden-leaf rules, and
                 // nothing is written to it (a base is opened read-only).
                 vhd::link_chain(std::slice::from_ref(&to)).map_err(|e| SrError::Link {
-                    member: format!("{} ({})", file_name(f), file_name(&to)),
+                    member: format!(
+                        "{} ({}, the swap VDI: a disk of its own)",
+                        file_name(f),
+                        file_name(&to)
+                    ),
                     source: e,
                 })?;
                 Some((u, to))
