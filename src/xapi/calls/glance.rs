@@ -603,6 +603,28 @@ mod tests {
     }
 
     #[test]
+    fn the_era_is_told_by_the_params_shape_and_the_auth_token_key() {
+        let s = |v: &str| Py::Str(v.into());
+        let flat = |extra: Vec<(Py, Py)>| {
+            let mut d = vec![(s("image_id"), s("img"))];
+            d.extend(extra);
+            Py::Dict(d)
+        };
+        assert_eq!(Era::of(&flat(vec![])).unwrap().0, Era::Seed);
+        // Diablo without Keystone sent `auth_token: None`: still Diablo's JSON form.
+        assert_eq!(
+            Era::of(&flat(vec![(s("auth_token"), Py::None)])).unwrap().0,
+            Era::Diablo
+        );
+        assert_eq!(
+            Era::of(&flat(vec![(s("auth_token"), s("t"))])).unwrap().0,
+            Era::Diablo
+        );
+        let folsom = Py::Dict(vec![(s("kwargs"), Py::Dict(vec![(s("image_id"), s("i"))]))]);
+        assert_eq!(Era::of(&folsom).unwrap().0, Era::Folsom);
+    }
+
+    #[test]
     fn positional_and_keyword_arguments() {
         let params = Py::Dict(vec![
             (
