@@ -326,7 +326,7 @@ fn a_swap_vhd_must_be_a_valid_disk_of_its_own() {
     for (id, swap, why) in [
         // A differencing swap could read through another VDI of the SR.
         ("diff", "child.vhd", "differencing"),
-        ("junk", "garbage.vhd", "not a valid VHD"),
+        ("junk", "garbage.vhd", "footer cookie"),
     ] {
         s.image(
             &g,
