@@ -598,7 +598,10 @@ impl<R> Deadline<R> {
 impl<R: Read> Read for Deadline<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if Instant::now() >= self.at {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, self.message.clone()));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                self.message.clone(),
+            ));
         }
         self.inner.read(buf)
     }
@@ -610,7 +613,11 @@ mod pipe_tests {
 
     #[test]
     fn a_passed_deadline_fails_with_its_message() {
-        let mut ok = Deadline::new(&b"abc"[..], Instant::now() + Duration::from_secs(60), "x".into());
+        let mut ok = Deadline::new(
+            &b"abc"[..],
+            Instant::now() + Duration::from_secs(60),
+            "x".into(),
+        );
         let mut out = Vec::new();
         ok.read_to_end(&mut out).unwrap();
         assert_eq!(out, b"abc");

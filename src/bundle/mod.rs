@@ -442,8 +442,8 @@ pub fn unpack_with<R: Read>(
             });
         }
     }
-    let swap = (limits.keep_swap && names.iter().any(|n| n == "swap.vhd"))
-        .then(|| dest.join("swap.vhd"));
+    let swap =
+        (limits.keep_swap && names.iter().any(|n| n == "swap.vhd")).then(|| dest.join("swap.vhd"));
     names.retain(|n| n != "swap.vhd");
     let layout = layout(&names)?;
     let files = layout.chain().iter().map(|n| dest.join(n)).collect();

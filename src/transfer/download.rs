@@ -60,9 +60,7 @@ pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
         p.set_total(size);
     }
     // The network read and both hashes run on their own thread, ahead of the inflate.
-    let body = opts
-        .transfer
-        .timed(body, start, expected.size, "download");
+    let body = opts.transfer.timed(body, start, expected.size, "download");
     let mut body = Prefetch::new(HashingReader::new(opts.transfer.counted_wire(body)));
     let limits = Limits {
         free_space: import.free_space()?,

@@ -168,7 +168,10 @@ mod tests {
         };
         assert_eq!(d.limit(0), Duration::from_secs(600));
         assert_eq!(d.limit(20 << 30), Duration::from_secs(600 + 20 * 1024));
-        assert_eq!(d.limit(u64::MAX), Duration::from_secs(600 + (u64::MAX >> 20)));
+        assert_eq!(
+            d.limit(u64::MAX),
+            Duration::from_secs(600 + (u64::MAX >> 20))
+        );
         let now = SizedDeadline {
             floor: Duration::ZERO,
             min_rate: 1 << 20,
@@ -176,7 +179,11 @@ mod tests {
         let mut late = now.wrap(&b"x"[..], Instant::now(), Some(1), "download");
         let e = late.read(&mut [0; 1]).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
-        assert!(e.to_string().contains("download passed its deadline of 0 s"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("download passed its deadline of 0 s"),
+            "{e}"
+        );
         // No declared size: no deadline.
         let mut open = now.wrap(&b"x"[..], Instant::now(), None, "download");
         assert_eq!(open.read(&mut [0; 1]).unwrap(), 1);

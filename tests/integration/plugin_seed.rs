@@ -226,7 +226,9 @@ fn seed_upload_vhd_sends_what_the_original_sent() {
         "parse": "seed",
     }));
     success(&v);
-    let leaf = v["parsed"]["os_vdi_uuid"].as_str().unwrap_or_else(|| panic!("{v}"));
+    let leaf = v["parsed"]["os_vdi_uuid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"));
     assert_eq!(s.content(&fresh, leaf), s.content(&sr, SNAP));
 }
 
@@ -270,7 +272,11 @@ fn diablo_download_vhd_imports_swap_as_its_own_vdi() {
     assert_eq!(s.content(&sr, swap), sample_content("parent2.vhd"));
     let o = helpers::run(
         s.dir.path(),
-        &["vhd", "info", sr.join(format!("{swap}.vhd")).to_str().unwrap()],
+        &[
+            "vhd",
+            "info",
+            sr.join(format!("{swap}.vhd")).to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", helpers::stderr(&o));
     let info = helpers::stdout(&o);
@@ -328,11 +334,7 @@ fn a_swap_vhd_must_be_a_valid_disk_of_its_own() {
         ("diff", "child.vhd", "differencing"),
         ("junk", "garbage.vhd", "footer cookie"),
     ] {
-        s.image(
-            &g,
-            id,
-            &[("image.vhd", "parent.vhd"), ("swap.vhd", swap)],
-        );
+        s.image(&g, id, &[("image.vhd", "parent.vhd"), ("swap.vhd", swap)]);
         let sr = s.sr();
         let e = failure(&call(json!({
             "shim": s.shim, "fn": "download_vhd", "env": s.env(),
@@ -346,7 +348,10 @@ fn a_swap_vhd_must_be_a_valid_disk_of_its_own() {
             ["XENAPI_PLUGIN_FAILURE", "download_vhd", "PluginError"],
             "{id}: {e:?}"
         );
-        assert!(e[3].contains("swap.vhd") && e[3].contains(why), "{id}: {e:?}");
+        assert!(
+            e[3].contains("swap.vhd") && e[3].contains(why),
+            "{id}: {e:?}"
+        );
         assert!(helpers::listing(&sr).is_empty(), "{id}: the SR changed");
     }
     // Swap takes a UUID too: snap, image and swap do not fit a stack of 2, and nothing
@@ -418,5 +423,8 @@ fn a_drip_fed_download_ends_at_the_plugin_deadline() {
         ["XENAPI_PLUGIN_FAILURE", "download_vhd2", "RetryableError"],
         "{e:?}"
     );
-    assert!(e[3].contains("download passed its deadline of 1 s"), "{e:?}");
+    assert!(
+        e[3].contains("download passed its deadline of 1 s"),
+        "{e:?}"
+    );
 }
