@@ -12,6 +12,9 @@
 //!   `swap.vhd` imported as a VDI of its own; Folsom's form of the same call ignores it;
 //! * plugin-mode time limits: a stalled store ends the call at the idle limit, a
 //!   drip-fed one at the deadline (both shortened by GLANCE_VHD_TEST_PLUGIN_LIMITS).
+//!
+//! Every flat dict is pickled as those releases' Python 2 `pickle.dumps(params)` wrote it
+//! (protocol 0, `S'…'` strings: caller.py `py2`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -125,7 +128,7 @@ fn seed_download_vhd_answers_the_bare_leaf_uuid() {
     let sr = s.sr();
     let st = stack("5eed1111", 2);
     let v = call(json!({
-        "shim": s.shim, "fn": "download_vhd", "env": s.env(), "protocol": 0,
+        "shim": s.shim, "fn": "download_vhd", "py2": true, "env": s.env(),
         "diablo": seed_download(&g, "img-seed", &[&st[0], &st[1]], &sr),
         "parse": "seed",
     }));
@@ -189,7 +192,7 @@ fn seed_upload_vhd_sends_what_the_original_sent() {
     let sr = sr_with_snapshot(&s);
     let g = Standin::start(&s.dir.path().join("store"), &[]);
     let up = call(json!({
-        "shim": s.shim, "fn": "upload_vhd", "env": s.env(), "protocol": 0,
+        "shim": s.shim, "fn": "upload_vhd", "py2": true, "env": s.env(),
         "diablo": {
             "vdi_uuids": {"image": IMAGE, "snap": SNAP}, "image_id": "img-up",
             "glance_host": "127.0.0.1", "glance_port": g.port, "sr_path": sr,
@@ -221,7 +224,7 @@ fn seed_upload_vhd_sends_what_the_original_sent() {
     let fresh = s.sr();
     let st = stack("5eed2222", 2);
     let v = call(json!({
-        "shim": s.shim, "fn": "download_vhd", "env": s.env(),
+        "shim": s.shim, "fn": "download_vhd", "py2": true, "env": s.env(),
         "diablo": seed_download(&g, "img-up", &[&st[0], &st[1]], &fresh),
         "parse": "seed",
     }));
@@ -249,7 +252,7 @@ fn diablo_download_vhd_imports_swap_as_its_own_vdi() {
     let sr = s.sr();
     let st = stack("d1ab1000", 3);
     let v = call(json!({
-        "shim": s.shim, "fn": "download_vhd", "env": s.env(), "protocol": 0,
+        "shim": s.shim, "fn": "download_vhd", "py2": true, "env": s.env(),
         "diablo": {
             "image_id": "img-swap", "glance_host": "127.0.0.1", "glance_port": g.port,
             "uuid_stack": st, "sr_path": sr, "auth_token": "tok-e",
@@ -295,7 +298,7 @@ fn diablo_download_vhd_imports_swap_as_its_own_vdi() {
     let sr2 = s.sr();
     let st2 = stack("e55e1000", 3);
     let v = call(json!({
-        "shim": s.shim, "fn": "download_vhd", "env": s.env(),
+        "shim": s.shim, "fn": "download_vhd", "py2": true, "env": s.env(),
         "diablo": {
             "image_id": "img-os", "glance_host": "127.0.0.1", "glance_port": open.port,
             "uuid_stack": st2, "sr_path": sr2, "num_retries": 0, "auth_token": null,
@@ -337,7 +340,7 @@ fn a_swap_vhd_must_be_a_valid_disk_of_its_own() {
         s.image(&g, id, &[("image.vhd", "parent.vhd"), ("swap.vhd", swap)]);
         let sr = s.sr();
         let e = failure(&call(json!({
-            "shim": s.shim, "fn": "download_vhd", "env": s.env(),
+            "shim": s.shim, "fn": "download_vhd", "py2": true, "env": s.env(),
             "diablo": {
                 "image_id": id, "glance_host": "127.0.0.1", "glance_port": g.port,
                 "uuid_stack": stack("bad5a000", 3), "sr_path": sr, "auth_token": "t",
@@ -367,7 +370,7 @@ fn a_swap_vhd_must_be_a_valid_disk_of_its_own() {
     );
     let sr = s.sr();
     let e = failure(&call(json!({
-        "shim": s.shim, "fn": "download_vhd", "env": s.env(),
+        "shim": s.shim, "fn": "download_vhd", "py2": true, "env": s.env(),
         "diablo": {
             "image_id": "three", "glance_host": "127.0.0.1", "glance_port": g.port,
             "uuid_stack": stack("bad5b000", 2), "sr_path": sr, "auth_token": "t",
