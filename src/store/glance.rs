@@ -277,7 +277,10 @@ impl<R: Read> Read for NetBody<R> {
             Err(e) if timeout_of(&e).is_some() => {
                 let what = match timeout_of(&e) {
                     Some(ureq::Timeout::PerRead) => {
-                        format!("no data for {} s (the idle limit)", self.idle.as_secs_f64())
+                        format!(
+                            "no data for {} s (the idle timeout)",
+                            self.idle.as_secs_f64()
+                        )
                     }
                     Some(ureq::Timeout::Global) => "the deadline passed".to_string(),
                     _ => e.to_string(),

@@ -412,7 +412,7 @@ fn a_stalled_store_ends_the_plugin_call_at_the_idle_limit() {
         ["XENAPI_PLUGIN_FAILURE", "download_vhd2", "RetryableError"],
         "{e:?}"
     );
-    assert!(e[3].contains("no data for 1 s (the idle limit)"), "{e:?}");
+    assert!(e[3].contains("no data for 1 s (the idle timeout)"), "{e:?}");
 }
 
 #[test]
