@@ -431,3 +431,28 @@ fn a_drip_fed_download_ends_at_the_plugin_deadline() {
         "{e:?}"
     );
 }
+
+#[test]
+fn an_upload_past_the_plugin_deadline_is_abandoned() {
+    let s = Setup::new();
+    let sr = sr_with_snapshot(&s);
+    let g = Standin::start(&s.dir.path().join("store"), &[]);
+    let mut env = s.env();
+    // A deadline of 1 ms (plus 1 s per GiB): past before the first byte of the body.
+    env["GLANCE_VHD_TEST_PLUGIN_LIMITS"] = json!("30,0.001,1073741824");
+    let e = failure(&call(json!({
+        "shim": s.shim, "fn": "upload_vhd2", "env": env,
+        "kwargs": {
+            "vdi_uuids": [SNAP, IMAGE], "image_id": "img-late", "endpoint": g.url(),
+            "sr_path": sr, "extra_headers": {}, "properties": {}, "api_version": 1,
+        },
+    })));
+    assert_eq!(
+        e[..3],
+        ["XENAPI_PLUGIN_FAILURE", "upload_vhd2", "RetryableError"],
+        "{e:?}"
+    );
+    assert!(e[3].contains("upload passed its deadline"), "{e:?}");
+    // Never a complete image: the body was not terminated.
+    assert!(!g.dir.join("img-late").exists(), "the store holds an image");
+}
