@@ -13,6 +13,8 @@
 //!   HTTP body) whose reader never takes a failed or vanished writer for end of stream.
 //! * [`RateLimited`]: a reader held to a byte rate (`--rate-limit`), for daytime runs
 //!   that must leave the host's network to its VMs.
+//! * [`Deadline`]: a reader that fails once a moment has passed (the plugin's overall
+//!   time limit).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -578,9 +580,52 @@ impl<R: Read> Read for RateLimited<R> {
     }
 }
 
+/// A reader that fails with `TimedOut` and `message` once `at` has passed. Checked
+/// before each read: a read that blocks is bounded by the connection's idle limit, so
+/// a transfer ends at most one idle limit after `at`.
+pub struct Deadline<R> {
+    inner: R,
+    at: Instant,
+    message: String,
+}
+
+impl<R> Deadline<R> {
+    pub fn new(inner: R, at: Instant, message: String) -> Self {
+        Deadline { inner, at, message }
+    }
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if Instant::now() >= self.at {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                self.message.clone(),
+            ));
+        }
+        self.inner.read(buf)
+    }
+}
+
 #[cfg(test)]
 mod pipe_tests {
     use super::*;
+
+    #[test]
+    fn a_passed_deadline_fails_with_its_message() {
+        let mut ok = Deadline::new(
+            &b"abc"[..],
+            Instant::now() + Duration::from_secs(60),
+            "x".into(),
+        );
+        let mut out = Vec::new();
+        ok.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"abc");
+        let mut late = Deadline::new(&b"abc"[..], Instant::now(), "too late".into());
+        let e = late.read(&mut [0; 4]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(e.to_string(), "too late");
+    }
 
     #[test]
     fn a_closed_pipe_ends_a_dropped_one_fails() {

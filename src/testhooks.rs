@@ -36,6 +36,9 @@ pub const PAUSE_MARK: &str = "GLANCE_VHD_TEST_PAUSE_MARK";
 pub const FAIL: &str = "GLANCE_VHD_TEST_FAIL";
 /// An upload's tar/gzip stream fails after this many bytes.
 pub const FAIL_UPLOAD_AFTER: &str = "GLANCE_VHD_TEST_FAIL_UPLOAD_AFTER";
+/// `IDLE,FLOOR,RATE`: the plugin's time limits shortened (seconds, seconds, bytes per
+/// second), so a test sees them fire without waiting 90 s.
+pub const PLUGIN_LIMITS: &str = "GLANCE_VHD_TEST_PLUGIN_LIMITS";
 
 /// A redirected path, if the test set one.
 pub fn path(var: &str) -> Option<PathBuf> {
@@ -95,4 +98,22 @@ pub fn fail_upload_after() -> Option<u64> {
     std::env::var(FAIL_UPLOAD_AFTER)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// [`PLUGIN_LIMITS`]: the plugin's idle limit, deadline floor and minimum rate, if a
+/// test set all three (seconds > 0 and < a day, a rate ≥ 1).
+pub fn plugin_limits() -> Option<(Duration, Duration, u64)> {
+    let v = std::env::var(PLUGIN_LIMITS).ok()?;
+    let mut it = v.split(',');
+    let secs = |s: Option<&str>| {
+        s?.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| *s > 0.0 && *s < 86400.0)
+            .map(Duration::from_secs_f64)
+    };
+    let idle = secs(it.next())?;
+    let floor = secs(it.next())?;
+    let rate = it.next()?.trim().parse::<u64>().ok().filter(|r| *r >= 1)?;
+    Some((idle, floor, rate))
 }

@@ -25,6 +25,7 @@ const LIMITS: Limits = Limits {
     free_space: 64 << 10,
     max_member: 32 << 10,
     max_vhds: glance_vhd::bundle::MAX_FILES,
+    keep_swap: false,
 };
 
 fn run(work: &Path, body: &[u8]) {

@@ -3,8 +3,9 @@
 //! [`unpack`] streams body → gunzip (concatenated members accepted, as GNU gzip does) →
 //! tar → files in a staging directory, applying the member policy: only regular files
 //! named `N.vhd` (N < 16, contiguous from 0), `image.vhd`/`snap.vhd`/`base.vhd`, or one
-//! `*.vhd` of any name; `swap.vhd` is skipped; `./` prefixes and `.`/`./` directory
-//! entries are allowed. Everything else is **rejected** with the member's name: a
+//! `*.vhd` of any name; `swap.vhd` is skipped — or, for the callers that imported it
+//! ([`Limits::keep_swap`]), written beside the chain under the same VHD rules but never
+//! part of it; `./` prefixes and `.`/`./` directory entries are allowed. Everything else is **rejected** with the member's name: a
 //! skipped member could be an attack or a sign of an image we would import wrongly.
 //!
 //! A member's declared size must fit the SR's free space, and, for a dynamic or
@@ -132,6 +133,9 @@ pub struct Unpacked {
     pub layout: Layout,
     /// Files in `dest`, leaf first.
     pub files: Vec<PathBuf>,
+    /// `swap.vhd`, written only with [`Limits::keep_swap`]: a VHD of its own, not part
+    /// of the chain.
+    pub swap: Option<PathBuf>,
     /// Bytes of VHD data written.
     pub bytes: u64,
 }
@@ -148,6 +152,10 @@ pub struct Limits {
     /// `uuid_stack` has one VDI UUID per VHD, so the member beyond them is refused
     /// before a byte of it is written, not after the whole image is unpacked.
     pub max_vhds: usize,
+    /// Write `swap.vhd` (Diablo/Essex's `download_vhd` imported it as a VDI of its
+    /// own) instead of skipping it. It counts against `max_vhds` (it takes a UUID too)
+    /// and the free space, and passes the same VHD checks as every member.
+    pub keep_swap: bool,
 }
 
 impl Default for Limits {
@@ -156,6 +164,7 @@ impl Default for Limits {
             free_space: u64::MAX,
             max_member: (2040 << 30) + (64 << 20),
             max_vhds: MAX_FILES,
+            keep_swap: false,
         }
     }
 }
@@ -327,21 +336,27 @@ pub fn unpack_with<R: Read>(
             if let Some(p) = progress {
                 p.set_member(&name);
             }
-            if name == "swap.vhd" {
-                // The old plugins shipped swap separately and ignored it on import.
+            if name == "swap.vhd" && !limits.keep_swap {
+                // Folsom and later ignore it on import (the old plugins shipped swap
+                // separately).
                 io::copy(&mut entry, &mut io::sink())
                     .map_err(stream_err(format!("reading member {display}")))?;
                 continue;
             }
+            // Every VHD written takes a UUID, a kept swap.vhd included.
+            let written = names
+                .iter()
+                .filter(|n| limits.keep_swap || *n != "swap.vhd")
+                .count();
             let vhds = names.iter().filter(|n| *n != "swap.vhd").count();
             if vhds > MAX_FILES {
                 return Err(BundleError::Layout(format!(
                     "more than {MAX_FILES} VHDs in the image"
                 )));
             }
-            if vhds > limits.max_vhds {
+            if written > limits.max_vhds {
                 return Err(BundleError::Layout(format!(
-                    "member {display} is VHD number {vhds} of the image, but only {} VDI UUIDs were given",
+                    "member {display} is VHD number {written} of the image, but only {} VDI UUIDs were given",
                     limits.max_vhds
                 )));
             }
@@ -427,12 +442,15 @@ pub fn unpack_with<R: Read>(
             });
         }
     }
+    let swap =
+        (limits.keep_swap && names.iter().any(|n| n == "swap.vhd")).then(|| dest.join("swap.vhd"));
     names.retain(|n| n != "swap.vhd");
     let layout = layout(&names)?;
     let files = layout.chain().iter().map(|n| dest.join(n)).collect();
     Ok(Unpacked {
         layout,
         files,
+        swap,
         bytes,
     })
 }
@@ -645,6 +663,7 @@ mod tests {
         free_space: 64 << 10,
         max_member: 32 << 10,
         max_vhds: MAX_FILES,
+        keep_swap: false,
     };
 
     fn unpack_in(body: &[u8]) -> (Result<Unpacked>, tempfile::TempDir) {

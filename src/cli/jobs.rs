@@ -184,6 +184,8 @@ impl Job {
         Transfer {
             rate_limit: args.rate_limit,
             progress: Some(self.progress.clone()),
+            // --deadline is the HTTP client's (GlanceConfig::deadline).
+            deadline: None,
         }
     }
 
@@ -321,6 +323,7 @@ pub fn download(a: &DownloadArgs) -> Result<ExitCode, CliError> {
         lock_dir: a.lock_dir.clone(),
         transfer: job.transfer(&a.job),
         resume: Some(budget.clone()),
+        keep_swap: false,
     };
     let result = job.retry_in(&budget, &store, &what, |n| {
         let source = match &a.image_id {

@@ -87,6 +87,9 @@ pub struct Imported {
     /// VDI UUIDs, leaf first.
     pub uuids: Vec<String>,
     pub files: Vec<PathBuf>,
+    /// The swap VDI imported beside the chain (Diablo/Essex `download_vhd` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap: Option<String>,
     /// Bytes of VHD data.
     pub bytes: u64,
 }
@@ -133,8 +136,18 @@ impl Import {
     /// popped from the **end** of `uuid_stack`, leaf first, as the Python plugin did;
     /// generated when `None` — and link them into a valid chain ([`vhd::link_chain`]).
     /// Returns the files under their new names, leaf first.
-    pub fn link(&self, files: &[PathBuf], uuid_stack: Option<&[String]>) -> Result<Named> {
-        let n = files.len();
+    ///
+    /// `swap` (a `swap.vhd` that Diablo/Essex imported as a VDI of its own) takes the
+    /// next UUID after the chain's, as `_import_vhds` popped it, and must be a valid VHD
+    /// on its own: not differencing (a parent could reach another VDI), not hidden, every
+    /// `vhd-util check` rule. It is never linked to the chain.
+    pub fn link(
+        &self,
+        files: &[PathBuf],
+        swap: Option<&Path>,
+        uuid_stack: Option<&[String]>,
+    ) -> Result<Named> {
+        let n = files.len() + usize::from(swap.is_some());
         let mut stack: Vec<String> = match uuid_stack {
             Some(s) => s.to_vec(),
             None => (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect(),
@@ -169,20 +182,52 @@ impl Import {
             ),
             source: e,
         })?;
+        let swap = match swap {
+            None => None,
+            Some(f) => {
+                let u = parse_vdi_uuid(&stack.pop().expect("length checked"))?;
+                if uuids.contains(&u) {
+                    return Err(SrError::Args(format!("UUID {u} given twice")));
+                }
+                let to = self.dir().join(format!("{u}.vhd"));
+                std::fs::rename(f, &to).map_err(io_err(f, "rename in staging"))?;
+                // A chain of one: the same roles, check and hidden-leaf rules, and
+                // nothing is written to it (a base is opened read-only).
+                vhd::link_chain(std::slice::from_ref(&to)).map_err(|e| SrError::Link {
+                    member: format!(
+                        "{} ({}, the swap VDI: a disk of its own)",
+                        file_name(f),
+                        file_name(&to)
+                    ),
+                    source: e,
+                })?;
+                Some((u, to))
+            }
+        };
         Ok(Named {
             uuids,
             files: named,
+            swap,
         })
     }
 
     /// Move the linked chain into the SR under the SM SR lock (in `lock_dir`, see
     /// [`sm_lock_dir`]), base first; the staging directory goes.
+    ///
+    /// A swap VDI goes in the same move (one journal, one lock): it is linked first, so
+    /// at every instant of the move the chain is whole or absent as before, and a
+    /// roll-back removes the swap VDI too.
     pub fn publish(self, named: Named, lock_dir: &Path, bytes: u64) -> Result<Imported> {
         let _lock = SrLock::acquire(lock_dir, &self.sr)?;
-        let files = self.staging.publish(&named.files, &self.sr)?;
+        let mut all = named.files.clone();
+        // `Staging::publish` links from the end of the list: the swap VDI first.
+        all.extend(named.swap.iter().map(|(_, p)| p.clone()));
+        let mut files = self.staging.publish(&all, &self.sr)?;
+        files.truncate(named.files.len());
         Ok(Imported {
             uuids: named.uuids,
             files,
+            swap: named.swap.map(|(u, _)| u),
             bytes,
         })
     }
@@ -195,6 +240,8 @@ pub struct Named {
     pub uuids: Vec<String>,
     /// `<staging>/<uuid>.vhd`, leaf first.
     pub files: Vec<PathBuf>,
+    /// The swap VDI's UUID and `<staging>/<uuid>.vhd`, if one was kept.
+    pub swap: Option<(String, PathBuf)>,
 }
 
 fn file_name(p: &Path) -> String {

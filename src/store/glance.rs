@@ -22,6 +22,11 @@ pub enum Api {
     V1,
     /// Diablo: v1 semantics at `/images/{id}`.
     V1Diablo,
+    /// The original plugin's store (Bexar): `/images/{id}` as [`Api::V1Diablo`], and an
+    /// upload with the headers it sent — `x-image-meta-is_public: True`,
+    /// `x-image-meta-status: queued`, `x-image-meta-type: vhd` — and none of ours
+    /// (properties only if the call gave some).
+    V1Seed,
     V2,
 }
 
@@ -129,6 +134,11 @@ impl Glance {
         super::traced(method, url, send(Some(token.expose())))
     }
 
+    /// How long a body may go without a byte (for the message when it fires).
+    pub(super) fn idle_timeout(&self) -> Duration {
+        self.cfg.idle_timeout
+    }
+
     /// `endpoint` + `path`, without `//` whatever the endpoint's trailing slash.
     pub fn url(&self, path: &str) -> String {
         join_url(&self.cfg.endpoint, path)
@@ -137,7 +147,7 @@ impl Glance {
     fn image_path(&self, id: &str) -> String {
         match self.cfg.api {
             Api::V1 => format!("v1/images/{id}"),
-            Api::V1Diablo => format!("images/{id}"),
+            Api::V1Diablo | Api::V1Seed => format!("images/{id}"),
             Api::V2 => format!("v2/images/{id}"),
         }
     }
@@ -211,7 +221,7 @@ impl Glance {
                 pinned = Some(Record::from_json(&rec));
                 self.url(&format!("{}/file", self.image_path(image_id)))
             }
-            Api::V1 | Api::V1Diablo => self.url(&self.image_path(image_id)),
+            Api::V1 | Api::V1Diablo | Api::V1Seed => self.url(&self.image_path(image_id)),
         };
         let resp = self.get(&url)?;
         let status = resp.status().as_u16();
@@ -249,7 +259,11 @@ impl Glance {
         }
         let length = header("content-length").and_then(|s| s.parse().ok());
         let want = expected.size.or(length);
-        Ok((NetBody::new(resp, url, 0, want), expected, pinned))
+        Ok((
+            NetBody::new(resp, url, 0, want, self.cfg.idle_timeout),
+            expected,
+            pinned,
+        ))
     }
 }
 
@@ -264,6 +278,8 @@ pub(super) struct NetBody<R = ureq::BodyReader<'static>> {
     /// at its range's first byte).
     pub(super) got: u64,
     want: Option<u64>,
+    /// The idle limit, for the message when it fires.
+    idle: Duration,
 }
 
 impl NetBody {
@@ -273,12 +289,14 @@ impl NetBody {
         url: String,
         got: u64,
         want: Option<u64>,
+        idle: Duration,
     ) -> NetBody {
         NetBody {
             inner: resp.into_body().into_reader(),
             url,
             got,
             want,
+            idle,
         }
     }
 }
@@ -302,6 +320,24 @@ impl<R: Read> Read for NetBody<R> {
                 Ok(n)
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => Err(e),
+            // ureq's timeouts come as "other" errors wrapping its own: say which limit
+            // ended the transfer, in words an admin can match to the setting.
+            Err(e) if timeout_of(&e).is_some() => {
+                let what = match timeout_of(&e) {
+                    Some(ureq::Timeout::PerRead) => {
+                        format!(
+                            "no data for {} s (the idle timeout)",
+                            self.idle.as_secs_f64()
+                        )
+                    }
+                    Some(ureq::Timeout::Global) => "the deadline passed".to_string(),
+                    _ => e.to_string(),
+                };
+                Err(Error::new(
+                    ErrorKind::TimedOut,
+                    format!("{} after {} bytes: {what}", self.url, self.got),
+                ))
+            }
             Err(e) => {
                 let kind = match e.kind() {
                     k @ (ErrorKind::TimedOut
@@ -315,6 +351,14 @@ impl<R: Read> Read for NetBody<R> {
                 ))
             }
         }
+    }
+}
+
+/// The ureq timeout inside an I/O error from a body, if that is what it is.
+fn timeout_of(e: &std::io::Error) -> Option<ureq::Timeout> {
+    match e.get_ref()?.downcast_ref::<ureq::Error>()? {
+        ureq::Error::Timeout(t) => Some(*t),
+        _ => None,
     }
 }
 
@@ -457,7 +501,7 @@ impl Glance {
                 }
                 Ok(())
             }
-            Api::V1 | Api::V1Diablo => {
+            Api::V1 | Api::V1Diablo | Api::V1Seed => {
                 let url = self.url(&self.image_path(image_id));
                 let resp = self.authed("HEAD", &url, |token| {
                     let mut req = self.agent.head(&url);
@@ -499,7 +543,7 @@ impl Glance {
         check_id(image_id)?;
         let (url, ok) = match self.cfg.api {
             Api::V2 => (self.url(&format!("v2/images/{image_id}/file")), 204),
-            Api::V1 | Api::V1Diablo => (self.url(&self.image_path(image_id)), 200),
+            Api::V1 | Api::V1Diablo | Api::V1Seed => (self.url(&self.image_path(image_id)), 200),
         };
         // The body streams and cannot be sent twice: the token is made fresh first
         // (Glance checks it when the request starts, so it may expire during the upload).
@@ -511,7 +555,16 @@ impl Glance {
             .request("PUT", &url, token.as_ref().map(|t| t.expose()))
             // No length: ureq sends it chunked.
             .header("Content-Type", "application/octet-stream");
-        if self.cfg.api != Api::V2 {
+        if self.cfg.api == Api::V1Seed {
+            // What the original `_upload_tarball` put, as it put it.
+            req = req
+                .header("x-image-meta-is_public", "True")
+                .header("x-image-meta-status", "queued")
+                .header("x-image-meta-type", "vhd");
+            for (k, v) in properties {
+                req = req.header(format!("x-image-meta-property-{k}").as_str(), v.as_str());
+            }
+        } else if self.cfg.api != Api::V2 {
             req = req
                 .header("x-image-meta-disk-format", "vhd")
                 .header("x-image-meta-container-format", "ovf")

@@ -156,7 +156,13 @@ impl Resuming {
                 )));
             }
         }
-        Ok(NetBody::new(resp, url, at, Some(self.size)))
+        Ok(NetBody::new(
+            resp,
+            url,
+            at,
+            Some(self.size),
+            self.glance.idle_timeout(),
+        ))
     }
 }
 

@@ -27,6 +27,9 @@ pub struct ImportOptions {
     /// The job's retries, which a Glance v2 body that breaks may spend resuming in place
     /// (`store::resume`); `None`: a break fails the attempt, as with every other store.
     pub resume: Option<Arc<Budget>>,
+    /// Import a `swap.vhd` in the tarball as a VDI of its own, after the chain's UUIDs
+    /// (Diablo/Essex `download_vhd`); otherwise it is skipped, as Folsom and later did.
+    pub keep_swap: bool,
 }
 
 /// A finished download: the imported chain and what the wire carried.
@@ -41,6 +44,8 @@ pub struct Downloaded {
 /// body arrived, hashes to what the store declares, and links into a valid chain; on
 /// every error the staging directory goes and the SR is as it was.
 pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
+    // The deadline counts from here: the store's answer is part of the transfer.
+    let start = std::time::Instant::now();
     // The SR (checked by `Import::begin`), its staging directory and the UUIDs before
     // the first request: a bad `sr_path` or UUID is refused without the store seeing us
     // (DESIGN §10).
@@ -60,6 +65,7 @@ pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
         p.set_total(size);
     }
     // The network read and both hashes run on their own thread, ahead of the inflate.
+    let body = opts.transfer.timed(body, start, expected.size, "download");
     let mut body = Prefetch::new(HashingReader::new(opts.transfer.counted_wire(body)));
     let limits = Limits {
         free_space: import.free_space()?,
@@ -68,6 +74,7 @@ pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
             .uuid_stack
             .as_ref()
             .map_or(bundle::MAX_FILES, |s| s.len().min(bundle::MAX_FILES)),
+        keep_swap: opts.keep_swap,
         ..Limits::default()
     };
     let unpacked = bundle::unpack_with(
@@ -87,7 +94,11 @@ pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
         "{} bytes received, md5 {}: as the store declares",
         stream.bytes, stream.md5
     ));
-    let named = import.link(&unpacked.files, opts.uuid_stack.as_deref())?;
+    let named = import.link(
+        &unpacked.files,
+        unpacked.swap.as_deref(),
+        opts.uuid_stack.as_deref(),
+    )?;
     log::step(&format!(
         "{} VHDs linked and checked as a chain",
         unpacked.files.len()

@@ -91,6 +91,9 @@ fn send(
     pack: PackOptions,
     transfer: &Transfer,
 ) -> (Result<Uploaded>, Option<Uploaded>) {
+    // The deadline counts from here: checking the chain and preparing the image are
+    // part of the transfer.
+    let start = std::time::Instant::now();
     // The chain is checked (and staged) before the store hears of this attempt: a list
     // that is not a chain sends nothing, not even the image's properties.
     let exported = match sr::export(sr, spec) {
@@ -138,6 +141,10 @@ fn send(
         });
         // The rate limit applies to what goes on the wire; the pipe's back-pressure
         // slows the compressors to match.
+        // The deadline is by the chain's size (the VHD bytes), known before a byte is
+        // sent; the gzipped stream is smaller.
+        let chain_bytes = members.iter().map(|m| m.size).sum::<u64>();
+        let reader = transfer.timed(reader, start, Some(chain_bytes), "upload");
         let mut body = HashingReader::new(transfer.limited(reader));
         let sent = target.send(&mut body).map(|rec| (rec, body.digests()));
         let handed_over = body.at_eof().then(|| uploaded(body.digests()));

@@ -387,6 +387,7 @@ fn tar_unpack(data: &[u8]) -> Outcome {
         free_space: 64 << 10,
         max_member: 32 << 10,
         max_vhds: glance_vhd::bundle::MAX_FILES,
+        keep_swap: false,
     };
     let work = tempfile::tempdir().expect("tempdir");
     let dest = work.path().join("sr");

@@ -28,6 +28,7 @@ mod peers;
 mod plugin;
 mod plugin_kernel_fsync;
 mod plugin_memory;
+mod plugin_seed;
 mod relink_io;
 mod resume;
 mod samples;

@@ -15,7 +15,8 @@ Uploads (v1): HEAD {prefix}/v1/images/<id> says x-image-meta-status "queued" unl
 <dir>/<id> exists ("active"); PUT reads a chunked body: complete (terminating chunk seen)
 → stored as <dir>/<id>, answered 200 with the v1 image JSON; the request headers go to
 <dir>/<id>.put-headers.json; a body that breaks off before its terminating chunk →
-<dir>/<id>.broken, nothing stored.
+<dir>/<id>.broken, nothing stored. Every GET and PUT of an image also leaves its request
+line and headers, as they came, in <dir>/<id>.get-request.txt / <id>.put-request.txt.
 Prints the port on stdout, logs requests (with headers) to stderr. Stops after 120 s idle.
 """
 import json
@@ -54,6 +55,7 @@ class H(http.server.BaseHTTPRequestHandler):
                 break
         else:
             return self.fail(404)
+        self.record("get", image_id)
         if args.require_token and self.headers.get("X-Auth-Token") != args.require_token:
             return self.fail(401)
         if args.status:
@@ -90,6 +92,14 @@ class H(http.server.BaseHTTPRequestHandler):
             return
         self.wfile.write(data)
 
+    def record(self, kind, image_id):
+        # What the client sent, in its order and spelling (the seed-era tests read it).
+        if not image_id or "/" in image_id or image_id.startswith("."):
+            return
+        text = self.requestline + "\n" + "".join(
+            "%s: %s\n" % (k, v) for k, v in self.headers.items())
+        open(os.path.join(args.dir, "%s.%s-request.txt" % (image_id, kind)), "w").write(text)
+
     def image_id(self):
         path = self.path
         if args.prefix:
@@ -123,6 +133,7 @@ class H(http.server.BaseHTTPRequestHandler):
         if args.status:
             return self.fail(args.status)
         json.dump(dict(self.headers), open(os.path.join(args.dir, image_id + ".put-headers.json"), "w"))
+        self.record("put", image_id)
         if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
             return self.fail(411)
         data, complete = bytearray(), False

@@ -17,9 +17,16 @@ Input (JSON on stdin):
     xml: "..."         -> this exact argv
     argv: [...]        -> these exact arguments (any number)
   args: [...] (positional, with kwargs), protocol (0 or 2, default 0),
+  py2: true to pickle as Python 2's pickle.dumps did (protocol 0, str as S'...'), as
+    the Nova releases before Python 3 built params,
   unpickle: true to pickle.loads the Value, env: {...} extra environment for the shim
+  parse: read the Value as a Nova release read download_vhd's answer:
+    "seed"   the original: the string is the VDI UUID (VDI.get_by_uuid(reply)) ->
+             "parsed": {"os_vdi_uuid": ...}, or "parse_error" if it is not a UUID
+    "diablo" Diablo/Essex: json.loads, a list of {"vdi_type", "vdi_uuid"}, the first the
+             OS disk -> "parsed": {"os_vdi_uuid": ..., "vdis": [...]}, or "parse_error"
 """
-import json, os, pickle, resource, subprocess, sys, xmlrpc.client
+import io, json, os, pickle, resource, subprocess, sys, uuid, xmlrpc.client
 from xml.sax.saxutils import escape
 
 req = json.load(sys.stdin)
@@ -28,7 +35,23 @@ session = req.get("session", "OpaqueRef:session")
 proto = req.get("protocol", 0)
 
 
+class Py2Pickler(pickle._Pickler):
+    """Python 2's protocol 0: a str is `S` + its repr (Python 3 writes `V` + unicode);
+    dicts, lists, ints, None and the memo are written alike by both."""
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        self.write(b"S" + repr(obj).encode("ascii") + b"\n")
+        self.memoize(obj)
+
+    dispatch[str] = save_py2_str
+
+
 def pickled(obj):
+    if req.get("py2"):
+        buf = io.BytesIO()
+        Py2Pickler(buf, protocol=0).dump(obj)
+        return buf.getvalue().decode("ascii")
     data = pickle.dumps(obj, protocol=proto)
     # Protocol 0 is ASCII and travels as a string; a binary pickle as bytes, which
     # xmlrpc.client sends as <base64>.
@@ -76,6 +99,19 @@ if result["Status"] == "Success":
     v = result["Value"]
     out["raw_value"] = v
     out["value"] = pickle.loads(v.encode("ascii")) if req.get("unpickle") else v
+    try:
+        if req.get("parse") == "seed":
+            # xapi finds a VDI by its exact UUID string only.
+            if str(uuid.UUID(v)) != v:
+                raise ValueError("not a canonical UUID: %r" % v)
+            out["parsed"] = {"os_vdi_uuid": v}
+        elif req.get("parse") == "diablo":
+            vdis = json.loads(v)
+            for vdi in vdis:
+                "xapi 'download_vhd' returned VDI of type '%(vdi_type)s' with UUID '%(vdi_uuid)s'" % vdi
+            out["parsed"] = {"os_vdi_uuid": vdis[0]["vdi_uuid"], "vdis": vdis}
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        out["parse_error"] = "%s: %s" % (type(e).__name__, e)
 else:
     out["error"] = result["ErrorDescription"]
 print(json.dumps(out))

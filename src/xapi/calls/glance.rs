@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::kwargs::{wrong, Kwargs};
 use super::{Args, CallError, FromParams, Op, PluginCall, Result, Value};
@@ -16,30 +17,95 @@ use crate::retry::{Budget, Policy, PLUGIN_RESUMES};
 use crate::sr::ChainSpec;
 use crate::store::glance::{Api, Glance, GlanceConfig};
 use crate::store::{Source, Target};
-use crate::transfer::{self, ImportOptions};
+use crate::transfer::{self, ImportOptions, SizedDeadline};
 use crate::xapi::pickle::{Py, Reply};
+
+// ---- the time limits ----
+
+/// How long a plugin transfer may go without a byte before it gives up: the last
+/// upstream plugin's 90 s (the CLI's `--idle-timeout` defaults to 300 s). xapi puts no
+/// limit on a plugin call, and Nova waits for its answer: a stalled store must end the
+/// call, and Nova (which owns retries) decides what next.
+pub const PLUGIN_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The whole transfer's limit in plugin mode: 10 minutes plus 1 s per MiB of the image
+/// (the tarball on download, as the store declares it; the chain's VHD bytes on upload).
+///
+/// * 1 MiB/s is the slowest average that still counts as working: ten times below a
+///   100 Mbit/s link (≈ 11 MiB/s), a hundred below the 1 GbE a dom0 management network
+///   has at least, and below what one dom0 core gzips at level 9 — an honest transfer
+///   never comes near it, while a store feeding a byte every 89 s (which the idle
+///   limit never stops) is cut off.
+/// * 10 minutes covers what does not grow with the image: connections, a slow Glance
+///   or Keystone, the SR lock `SR.scan` holds, the fsyncs of the import.
+///
+/// A 1 GiB image gets 34 min, a 20 GiB one 5 h 51 min. Without a declared size only
+/// the idle limit applies.
+pub const PLUGIN_DEADLINE: SizedDeadline = SizedDeadline {
+    floor: Duration::from_secs(600),
+    min_rate: 1 << 20,
+};
+
+/// The limits in force: the constants, or the test hook's shortened ones
+/// ([`crate::testhooks::PLUGIN_LIMITS`]).
+fn plugin_limits() -> (Duration, SizedDeadline) {
+    match crate::testhooks::plugin_limits() {
+        Some((idle, floor, min_rate)) => (idle, SizedDeadline { floor, min_rate }),
+        None => (PLUGIN_IDLE_TIMEOUT, PLUGIN_DEADLINE),
+    }
+}
 
 // ---- the calls ----
 
-/// `download_vhd`: the Diablo form answers a JSON list, the Folsom form a pickle.
+/// `download_vhd`, in the form of the generation that called it ([`Era`]): the bare
+/// leaf UUID, the JSON list (with the swap VDI), or the pickle.
 pub struct DownloadVhd {
     args: DownloadArgs,
-    diablo: bool,
+    era: Era,
+}
+
+/// The three generations of `download_vhd`/`upload_vhd` callers, told apart by their
+/// params alone (DESIGN §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Era {
+    /// The original (the first Nova with this plugin): a flat dict without an
+    /// `auth_token` key. Its caller used the reply as the VDI UUID itself
+    /// (`VDI.get_by_uuid(reply)`), and its upload sent its own headers.
+    Seed,
+    /// Diablo/Essex: the same flat dict with an `auth_token` key — present even when its
+    /// value is `None` (`getattr(context, 'auth_token', None)` without Keystone), so the
+    /// key, not its value, tells the two apart. The reply is `json.loads`ed.
+    Diablo,
+    /// Folsom–Mitaka: `{'args': (…), 'kwargs': {…}}`, pickled replies.
+    Folsom,
+}
+
+impl Era {
+    fn of(params: &Py) -> Result<(Era, Kwargs)> {
+        if is_folsom(params) {
+            return Ok((Era::Folsom, Kwargs::bind(params, DOWNLOAD_VHD)?));
+        }
+        let kw = Kwargs::flat(params)?;
+        let era = if kw.has("auth_token") {
+            Era::Diablo
+        } else {
+            Era::Seed
+        };
+        Ok((era, kw))
+    }
 }
 
 impl FromParams for DownloadVhd {
     fn from_params(params: &Py) -> Result<DownloadVhd> {
-        Ok(if is_folsom(params) {
-            DownloadVhd {
-                args: DownloadArgs::folsom(&Kwargs::bind(params, DOWNLOAD_VHD)?)?,
-                diablo: false,
-            }
-        } else {
-            DownloadVhd {
-                args: DownloadArgs::diablo(&Kwargs::flat(params)?)?,
-                diablo: true,
-            }
-        })
+        let (era, kw) = Era::of(params)?;
+        let mut args = match era {
+            Era::Folsom => DownloadArgs::folsom(&kw)?,
+            Era::Seed | Era::Diablo => DownloadArgs::diablo(&kw)?,
+        };
+        // Only Diablo/Essex imported swap.vhd (`_import_vhds` → `vdi_type` "swap"); the
+        // original knew image.vhd and snap.vhd only, Folsom on skipped it.
+        args.keep_swap = era == Era::Diablo;
+        Ok(DownloadVhd { args, era })
     }
 }
 
@@ -48,13 +114,20 @@ impl PluginCall for DownloadVhd {
     const OP: Op = Op::Download;
 
     fn run(self, _: &Args) -> Result<Value> {
-        let leaf = self.args.run()?;
-        if !self.diablo {
-            return Ok(root_reply(leaf));
-        }
-        // Diablo's `json.dumps(_import_vhds(…))`: the OS disk is the leaf (no swap here).
-        let json = serde_json::json!([{"vdi_type": "os", "vdi_uuid": leaf}]);
-        Ok(Value::Text(python_json(&json)))
+        let (leaf, swap) = self.args.run()?;
+        Ok(match self.era {
+            Era::Folsom => root_reply(leaf),
+            // The original returned `vdi_uuid`: the string is the UUID.
+            Era::Seed => Value::Text(leaf),
+            Era::Diablo => {
+                // `json.dumps(_import_vhds(…))`: the OS disk (the leaf) first, then swap.
+                let mut list = vec![serde_json::json!({"vdi_type": "os", "vdi_uuid": leaf})];
+                if let Some(swap) = swap {
+                    list.push(serde_json::json!({"vdi_type": "swap", "vdi_uuid": swap}));
+                }
+                Value::Text(python_json(&serde_json::Value::Array(list)))
+            }
+        })
     }
 }
 
@@ -72,11 +145,12 @@ impl PluginCall for DownloadVhd2 {
     const OP: Op = Op::Download;
 
     fn run(self, _: &Args) -> Result<Value> {
-        Ok(root_reply(self.0.run()?))
+        Ok(root_reply(self.0.run()?.0))
     }
 }
 
-/// `upload_vhd`: the Diablo form answers `""`, the Folsom form a pickled `None`.
+/// `upload_vhd`: the flat forms answer `""`, the Folsom form a pickled `None`. The
+/// original's (no `auth_token` key) sends what it sent ([`Api::V1Seed`]).
 pub struct UploadVhd {
     args: UploadArgs,
     diablo: bool,
@@ -258,6 +332,7 @@ impl StoreArgs {
     fn glance(&self) -> Result<Glance> {
         let mut cfg = GlanceConfig::new(&self.endpoint, self.api);
         cfg.headers = self.headers.clone();
+        cfg.idle_timeout = plugin_limits().0;
         Ok(Glance::new(cfg)?)
     }
 }
@@ -279,6 +354,8 @@ struct DownloadArgs {
     sr_path: PathBuf,
     /// Popped from the end, one per VHD, leaf first (as the Python plugin did).
     uuid_stack: Vec<String>,
+    /// Import `swap.vhd` as a VDI of its own (Diablo/Essex `download_vhd`).
+    keep_swap: bool,
 }
 
 impl DownloadArgs {
@@ -310,11 +387,12 @@ impl DownloadArgs {
             store,
             sr_path,
             uuid_stack,
+            keep_swap: false,
         })
     }
 
-    /// The leaf's VDI UUID.
-    fn run(&self) -> Result<String> {
+    /// The leaf's VDI UUID, and the swap VDI's if one was imported.
+    fn run(&self) -> Result<(String, Option<String>)> {
         let source = Source::Glance(self.store.glance()?, self.store.image_id.clone());
         let (transfer, monitor) =
             syslog_progress(format!("download of image {}", self.store.image_id));
@@ -329,6 +407,7 @@ impl DownloadArgs {
                 retries: PLUGIN_RESUMES,
                 ..Policy::default()
             }))),
+            keep_swap: self.keep_swap,
         };
         let d = transfer::download(&source, &opts);
         monitor.stop();
@@ -339,7 +418,14 @@ impl DownloadArgs {
             self.sr_path.display(),
             d.imported.uuids
         ));
-        Ok(d.imported.root_uuid().to_string())
+        if let Some(swap) = &d.imported.swap {
+            log::info(&format!(
+                "image {}: swap.vhd imported into {} as {swap}",
+                self.store.image_id,
+                self.sr_path.display()
+            ));
+        }
+        Ok((d.imported.root_uuid().to_string(), d.imported.swap.clone()))
     }
 }
 
@@ -356,6 +442,7 @@ fn syslog_progress(label: String) -> (transfer::Transfer, Monitor) {
     );
     let transfer = transfer::Transfer {
         progress: Some(progress),
+        deadline: Some(plugin_limits().1),
         ..Default::default()
     };
     (transfer, monitor)
@@ -442,7 +529,13 @@ impl UploadArgs {
                 properties.push(("os_type".into(), os.clone()));
             }
         }
-        UploadArgs::with(kw, endpoint, Api::V1Diablo, named, properties)
+        // The original (no `auth_token` key, see [`Era::Seed`]) sent its own headers.
+        let api = if kw.has("auth_token") {
+            Api::V1Diablo
+        } else {
+            Api::V1Seed
+        };
+        UploadArgs::with(kw, endpoint, api, named, properties)
     }
 
     fn folsom(kw: &Kwargs) -> Result<UploadArgs> {
@@ -515,6 +608,28 @@ mod tests {
     fn diablo_json_is_pythons() {
         let v = serde_json::json!([{"vdi_type": "os", "vdi_uuid": "u"}]);
         assert_eq!(python_json(&v), r#"[{"vdi_type": "os", "vdi_uuid": "u"}]"#);
+    }
+
+    #[test]
+    fn the_era_is_told_by_the_params_shape_and_the_auth_token_key() {
+        let s = |v: &str| Py::Str(v.into());
+        let flat = |extra: Vec<(Py, Py)>| {
+            let mut d = vec![(s("image_id"), s("img"))];
+            d.extend(extra);
+            Py::Dict(d)
+        };
+        assert_eq!(Era::of(&flat(vec![])).unwrap().0, Era::Seed);
+        // Diablo without Keystone sent `auth_token: None`: still Diablo's JSON form.
+        assert_eq!(
+            Era::of(&flat(vec![(s("auth_token"), Py::None)])).unwrap().0,
+            Era::Diablo
+        );
+        assert_eq!(
+            Era::of(&flat(vec![(s("auth_token"), s("t"))])).unwrap().0,
+            Era::Diablo
+        );
+        let folsom = Py::Dict(vec![(s("kwargs"), Py::Dict(vec![(s("image_id"), s("i"))]))]);
+        assert_eq!(Era::of(&folsom).unwrap().0, Era::Folsom);
     }
 
     #[test]

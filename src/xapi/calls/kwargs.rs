@@ -73,6 +73,11 @@ impl Kwargs {
         }
     }
 
+    /// Present, whatever the value (None included).
+    pub(super) fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+
     /// Present and not None.
     pub(super) fn get(&self, key: &str) -> Option<&Py> {
         self.0

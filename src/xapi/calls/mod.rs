@@ -4,8 +4,8 @@
 //!
 //! | plugin | call | params | reply |
 //! |---|---|---|---|
-//! | glance | `download_vhd` | Diablo flat dict, or Folsom `{'args', 'kwargs'}` | JSON list / pickle `{'root': {'uuid'}}` |
-//! | glance | `upload_vhd` | the same two shapes | `""` / pickle `None` |
+//! | glance | `download_vhd` | the original's flat dict (no `auth_token`), Diablo/Essex's (with it), or Folsom `{'args', 'kwargs'}` | the bare leaf UUID / JSON list (with the swap VDI) / pickle `{'root': {'uuid'}}` |
+//! | glance | `upload_vhd` | the same three shapes | `""` / `""` / pickle `None` |
 //! | glance | `download_vhd2`, `upload_vhd2` | `{'args', 'kwargs'}` with `endpoint`, `api_version` | pickles |
 //! | glance | `copy_kernel_vdi`, `remove_kernel_ramdisk` | plain args | path / `"ok"` |
 //! | kernel | `copy_vdi`, `create_kernel_ramdisk`, `remove_kernel_ramdisk` | plain args | path / path or `""` / `"ok"` |
