@@ -314,7 +314,8 @@ fn unchanged(m: &Member<'_>) -> io::Result<()> {
         return Err(changed(m, &format!("{now} bytes at the end of reading it")));
     }
     let mut tail = vec![0u8; m.tail.len()];
-    m.file.read_exact_at(&mut tail, m.size - m.tail.len() as u64)?;
+    m.file
+        .read_exact_at(&mut tail, m.size - m.tail.len() as u64)?;
     if tail != m.tail {
         return Err(changed(m, "its footer is not the footer checked"));
     }

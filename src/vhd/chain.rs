@@ -170,7 +170,10 @@ impl Chain {
                         &v.path,
                         "footer disk type",
                         v.disk_type().name(),
-                        format!("has no parent, but the chain goes on with {}", next.path.display()),
+                        format!(
+                            "has no parent, but the chain goes on with {}",
+                            next.path.display()
+                        ),
                     ))
                 }
             }

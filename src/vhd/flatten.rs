@@ -345,8 +345,8 @@ impl FlatReader<'_> {
         self.buf.clear();
         if self.emitted == 0 {
             self.buf.extend_from_slice(&self.flat.meta);
-        } else if let Some(b) = (self.next_block..self.flat.bat.len())
-            .find(|&b| self.flat.bat[b] != BAT_UNUSED)
+        } else if let Some(b) =
+            (self.next_block..self.flat.bat.len()).find(|&b| self.flat.bat[b] != BAT_UNUSED)
         {
             self.next_block = b + 1;
             self.block(b as u64)?;
@@ -415,7 +415,11 @@ mod tests {
         let flat = Flat::plan(&chain).unwrap();
         let mut bytes = Vec::new();
         flat.reader(&chain).read_to_end(&mut bytes).unwrap();
-        assert_eq!(bytes.len() as u64, flat.size(), "the size promised up front");
+        assert_eq!(
+            bytes.len() as u64,
+            flat.size(),
+            "the size promised up front"
+        );
         std::fs::write(out, &bytes).unwrap();
         flat
     }
@@ -491,7 +495,10 @@ mod tests {
         let p = d.path().join("parent2.vhd");
         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 512], 7 * 512).unwrap();
-        let err = flat.reader(&chain).read_to_end(&mut Vec::new()).unwrap_err();
+        let err = flat
+            .reader(&chain)
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("changed while"), "{err}");
     }

@@ -36,13 +36,7 @@ impl Work {
         let samples = helpers::unpacked_samples();
         let tgz = self.path(&format!("{}.tgz", uuid::Uuid::new_v4()));
         helpers::gnu_tar(samples.path(), files, &tgz);
-        let o = helpers::download_file(
-            self.dir.path(),
-            &tgz,
-            &self.sr,
-            &self.path("lock"),
-            &[],
-        );
+        let o = helpers::download_file(self.dir.path(), &tgz, &self.sr, &self.path("lock"), &[]);
         assert!(o.status.success(), "{}", helpers::stderr(&o));
         helpers::stdout(&o).lines().map(str::to_string).collect()
     }
@@ -267,7 +261,10 @@ fn a_flattened_chain_round_trips_through_glance_as_one_vhd_with_the_leafs_conten
     let leaf = sr2.join(format!("{}.vhd", chain[0]));
     assert_eq!(w.content(&leaf), helpers::GRANDCHILD_CONTENT);
     assert_eq!(Parsed::read(&leaf).disk_type, 3);
-    let check = helpers::run(w.dir.path(), &["vhd", "check", "--parents", leaf.to_str().unwrap()]);
+    let check = helpers::run(
+        w.dir.path(),
+        &["vhd", "check", "--parents", leaf.to_str().unwrap()],
+    );
     assert!(check.status.success(), "{}", helpers::stdout(&check));
     assert_eq!(
         std::fs::read(&leaf).unwrap(),
@@ -311,7 +308,10 @@ fn overwritten_parent_blocks_are_sent_once_and_the_image_is_smaller_than_the_cha
     // block 2, which the child wrote whole, full.
     let bm0 = p.bitmap(0);
     assert!(bm0[..256].iter().all(|&b| b == 0xff), "[0, 1 MiB) present");
-    assert!(bm0[256..].iter().all(|&b| b == 0), "[1, 2 MiB) absent: bits clear");
+    assert!(
+        bm0[256..].iter().all(|&b| b == 0),
+        "[1, 2 MiB) absent: bits clear"
+    );
     assert!(p.bitmap(2).iter().all(|&b| b == 0xff));
     // Its content is the leaf's; downloaded, it is one VDI with that content.
     assert_eq!(w.content(&vhd), helpers::GRANDCHILD_CONTENT);
@@ -330,7 +330,10 @@ fn overwritten_parent_blocks_are_sent_once_and_the_image_is_smaller_than_the_cha
 fn blocks_absent_from_the_whole_chain_stay_unallocated() {
     let w = Work::new();
     // parent2 holds blocks 0 and 3; its empty child adds nothing.
-    let uuids = w.import(&[("0.vhd", "empty-child-relinked.vhd"), ("1.vhd", "parent2.vhd")]);
+    let uuids = w.import(&[
+        ("0.vhd", "empty-child-relinked.vhd"),
+        ("1.vhd", "parent2.vhd"),
+    ]);
     assert_eq!(uuids.len(), 2);
     let want = helpers::content_sums()
         .into_iter()
@@ -377,7 +380,10 @@ fn blocks_absent_from_the_whole_chain_stay_unallocated() {
 #[test]
 fn a_tap_child_of_a_qemu_made_base_flattens_to_what_every_reader_reads() {
     let w = Work::new();
-    let uuids = w.import(&[("0.vhd", "tap-child-of-qemu.vhd"), ("1.vhd", "qemu-parent.vhd")]);
+    let uuids = w.import(&[
+        ("0.vhd", "tap-child-of-qemu.vhd"),
+        ("1.vhd", "qemu-parent.vhd"),
+    ]);
     let want = helpers::content_sums()
         .into_iter()
         .find(|(f, _)| f == "tap-child-of-qemu.vhd")
@@ -450,7 +456,10 @@ fn a_leaf_that_changes_while_it_is_flattened_is_never_an_image() {
         .unwrap();
     let t0 = Instant::now();
     while helpers::staging_dirs(&w.sr).is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no staging directory");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no staging directory"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     // Grown (as tapdisk grows a VHD when it allocates a block), its old footer left.
