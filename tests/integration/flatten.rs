@@ -279,6 +279,7 @@ fn overwritten_parent_blocks_are_sent_once_and_the_image_is_smaller_than_the_cha
     let uuids = w.tap_chain();
     let (chain_json, chain_tgz) = w.upload_file(&uuids[0], "chain.tgz", false);
     assert_eq!(chain_json["flattened"], false);
+    assert_eq!(w.untar(&chain_tgz).0, "./\n./0.vhd\n./1.vhd\n./2.vhd\n");
     let (flat_json, flat_tgz) = w.upload_file(&uuids[0], "flat.tgz", true);
     let (vhd, p) = the_flat_vhd(&w, &flat_tgz, 8 * MIB);
     // The chain holds 3 (parent) + 3 (child) + 1 (grandchild) blocks over the 4 blocks
