@@ -22,7 +22,8 @@ macro_rules! exit_codes {
   4  not found (the image, a VDI, a parent)
   5  retryable failure (network, server busy, checksum) after all retries
   6  locked (another run holds the SR's lock file)
-`vhd query` and `vhd check` exit with vhd-util's errno codes instead (2 ENOENT, 22 EINVAL, ...)."
+`vhd query`, `vhd check` (and `vhd repair` where vhd-util fails too) exit with vhd-util's
+errno codes instead (2 ENOENT, 22 EINVAL, ...)."
     };
 }
 
@@ -494,9 +495,15 @@ pub enum VhdCommand {
     },
     /// vhd-util query: same lines, same order, same exit codes
     #[command(
-        after_help = "Example (what XenServer's SM runs):\n  glance-vhd vhd query -vsafp -n /var/run/sr-mount/SR/1234.vhd"
+        disable_help_flag = true,
+        after_help = "Example (what XenServer's SM runs):\n  glance-vhd vhd query -vsafp -n /var/run/sr-mount/SR/1234.vhd\n\nThe flags: glance-vhd vhd query --help"
     )]
-    Query(QueryArgs),
+    Query {
+        /// vhd-util's flags, parsed on their own (`cli::vhd::QueryArgs`): there `-v`
+        /// is the virtual size, which the global `-v` (verbose) would otherwise take.
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// vhd-util check: "<FILE> is valid" or the first rule broken
     #[command(
         after_help = "Example:\n  glance-vhd vhd check --parents /var/run/sr-mount/SR/1234.vhd"
@@ -517,13 +524,42 @@ pub enum VhdCommand {
         #[arg(long)]
         json: bool,
     },
-    /// vhd-util modify -p: make PARENT the parent of CHILD (byte-identical to blktap)
-    #[command(after_help = "Example:\n  glance-vhd vhd set-parent /sr/leaf.vhd /sr/base.vhd")]
-    SetParent {
-        child: PathBuf,
-        parent: PathBuf,
-        /// The parent is a raw file, not a VHD (vhd-util -m)
+    /// vhd-util repair: put back the footer at the end from the copy at offset 0
+    #[command(
+        after_help = "Examples:\n  glance-vhd vhd repair --dry-run /sr/1234.vhd\n  glance-vhd vhd repair -n /sr/1234.vhd\n\n\
+Writes 512 bytes at most: the copy at offset 0 where the footer belongs (the end of the\n\
+data: the last 512 bytes of an overwritten footer, or appended after a cut-off one), or\n\
+the footer from the end into a damaged copy. Refuses, writing nothing, when both are\n\
+invalid or valid but different, and when more than the footer is missing or extra."
+    )]
+    Repair {
+        #[arg(required_unless_present = "name")]
+        file: Option<PathBuf>,
+        /// The file, as vhd-util takes it
+        #[arg(short = 'n', conflicts_with = "file")]
+        name: Option<PathBuf>,
+        /// Say what would be written, write nothing
         #[arg(long)]
+        dry_run: bool,
+        /// Print {"file", "action", "problem", "offset", "size_before", "size_after", "dry_run", "written"}
+        #[arg(long)]
+        json: bool,
+    },
+    /// vhd-util modify -p: make PARENT the parent of CHILD (byte-identical to blktap)
+    #[command(
+        after_help = "Examples:\n  glance-vhd vhd set-parent /sr/leaf.vhd /sr/base.vhd\n  glance-vhd vhd set-parent -n /sr/leaf.vhd -p /sr/base.vhd   (vhd-util's form)"
+    )]
+    SetParent {
+        child: Option<PathBuf>,
+        parent: Option<PathBuf>,
+        /// The child, as vhd-util takes it (with -p)
+        #[arg(short = 'n', value_name = "CHILD", conflicts_with = "child")]
+        name: Option<PathBuf>,
+        /// The new parent, as vhd-util takes it (with -n)
+        #[arg(short = 'p', value_name = "PARENT", conflicts_with = "parent")]
+        parent_name: Option<PathBuf>,
+        /// The parent is a raw file, not a VHD (vhd-util -m)
+        #[arg(short = 'm', long)]
         raw: bool,
         #[arg(long)]
         json: bool,
@@ -536,10 +572,18 @@ pub enum VhdCommand {
         value: u8,
     },
     /// vhd-util snapshot: a new empty differencing disk on top of PARENT
-    #[command(after_help = "Example:\n  glance-vhd vhd snapshot /sr/base.vhd /sr/leaf.vhd")]
+    #[command(
+        after_help = "Examples:\n  glance-vhd vhd snapshot /sr/base.vhd /sr/leaf.vhd\n  glance-vhd vhd snapshot -n /sr/leaf.vhd -p /sr/base.vhd   (vhd-util's form)"
+    )]
     Snapshot {
-        parent: PathBuf,
-        child: PathBuf,
+        parent: Option<PathBuf>,
+        child: Option<PathBuf>,
+        /// The new child, as vhd-util takes it (with -p)
+        #[arg(short = 'n', value_name = "CHILD", conflicts_with = "parent")]
+        name: Option<PathBuf>,
+        /// Its parent, as vhd-util takes it (with -n)
+        #[arg(short = 'p', value_name = "PARENT", conflicts_with = "child")]
+        parent_name: Option<PathBuf>,
         /// Link to PARENT even if it is an empty differencing disk (vhd-util -e)
         #[arg(short = 'e', long)]
         keep_empty_parents: bool,
@@ -548,12 +592,23 @@ pub enum VhdCommand {
         #[arg(long)]
         json: bool,
     },
-    /// vhd-util create: a new empty dynamic disk of SIZE (bytes, or K/M/G/T), rounded up to 2 MiB
-    #[command(after_help = "Example:\n  glance-vhd vhd create /sr/new.vhd 20G")]
+    /// vhd-util create: a new empty dynamic disk, rounded up to whole 2 MiB blocks
+    #[command(
+        after_help = "Examples:\n  glance-vhd vhd create /sr/new.vhd 20G\n  glance-vhd vhd create -n /sr/new.vhd -s 20480   (vhd-util's form: -s counts MB)\n\n\
+SIZE needs a unit (K, M, G, T: binary): a bare number is refused, as it would mean\n\
+bytes to us and MB to vhd-util. -s takes MB as vhd-util does (a unit is taken as written)."
+    )]
     Create {
-        file: PathBuf,
-        #[arg(value_parser = parse_size)]
-        size: u64,
+        file: Option<PathBuf>,
+        /// With a unit: 20G, 20480M, 512K (binary units)
+        #[arg(value_parser = parse_size_with_unit)]
+        size: Option<u64>,
+        /// The new file, as vhd-util takes it (with -s)
+        #[arg(short = 'n', value_name = "FILE", conflicts_with = "file")]
+        name: Option<PathBuf>,
+        /// The size in MB (MiB), as vhd-util takes it (with -n)
+        #[arg(short = 's', value_name = "MB", value_parser = parse_size_mb, conflicts_with = "size")]
+        size_mb: Option<u64>,
         #[command(flatten)]
         stamp: StampArgs,
         /// Print {"file", "virtual_size"}
@@ -572,49 +627,15 @@ impl VhdCommand {
         match self {
             VhdCommand::Info { json, .. }
             | VhdCommand::Check { json, .. }
+            | VhdCommand::Repair { json, .. }
             | VhdCommand::SetParent { json, .. }
             | VhdCommand::Snapshot { json, .. }
             | VhdCommand::Create { json, .. } => *json,
-            VhdCommand::Query(_) | VhdCommand::SetHidden { .. } | VhdCommand::Read { .. } => false,
+            VhdCommand::Query { .. } | VhdCommand::SetHidden { .. } | VhdCommand::Read { .. } => {
+                false
+            }
         }
     }
-}
-
-#[derive(Args, Debug)]
-pub struct QueryArgs {
-    /// The file
-    #[arg(short = 'n', required = true)]
-    pub name: PathBuf,
-    /// Virtual size in MiB
-    #[arg(short = 'v')]
-    pub virt: bool,
-    /// Physical size in bytes
-    #[arg(short = 's')]
-    pub phys: bool,
-    /// Parent path
-    #[arg(short = 'p')]
-    pub parent: bool,
-    /// With -p: the locator text instead of the resolved path
-    #[arg(short = 'u')]
-    pub unresolved: bool,
-    /// Hidden flag
-    #[arg(short = 'f')]
-    pub hidden: bool,
-    /// Marker flag
-    #[arg(short = 'm')]
-    pub marker: bool,
-    /// Chain depth
-    #[arg(short = 'd')]
-    pub depth: bool,
-    /// Allocated block count
-    #[arg(short = 'a')]
-    pub allocated: bool,
-    /// Maximum virtual size in MiB (BAT entries x 2)
-    #[arg(short = 'S')]
-    pub max_size: bool,
-    /// Accepted for compatibility (vhd-util logs to syslog with it)
-    #[arg(long)]
-    pub debug: bool,
 }
 
 /// Pin the UUID and creation time (reproducible files, tests).
@@ -658,6 +679,37 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("{s:?} is not a size (e.g. 8M, 20G)"))?;
     n.checked_mul(mul)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// `vhd create`'s positional SIZE: a size with a unit. A bare number is refused: it
+/// meant bytes here and means MB to vhd-util (`vhd create F 20480` made a 2 MiB disk).
+pub fn parse_size_with_unit(s: &str) -> Result<u64, String> {
+    if is_bare_number(s) {
+        return Err(format!(
+            "{s:?} has no unit: say MB with vhd-util's form (-n FILE -s {n}) or give a unit ({n}M, or e.g. 20G)",
+            n = s.trim()
+        ));
+    }
+    parse_size(s)
+}
+
+/// `vhd create -s`: MB (MiB) as vhd-util counts them (`size << 20`); a size written
+/// with a unit (`20G`) is taken as written.
+pub fn parse_size_mb(s: &str) -> Result<u64, String> {
+    if !is_bare_number(s) {
+        return parse_size(s);
+    }
+    let mb: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of MB"))?;
+    mb.checked_mul(1 << 20)
+        .ok_or_else(|| format!("{s:?} MB is too large"))
+}
+
+fn is_bare_number(s: &str) -> bool {
+    let t = s.trim();
+    !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A VDI UUID by the rule the plugin applies too ([`crate::sr::parse_vdi_uuid`]).
@@ -707,4 +759,28 @@ fn parse_property(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not a property (use key=value)"))?;
     crate::store::check_property_name(k)?;
     Ok((k.to_string(), v.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks (debug builds run them on every parse and panic):
+    /// `vhd query -v` once collided with the global `-v`.
+    #[test]
+    fn the_command_line_passes_clap_s_checks() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_positional_size_needs_a_unit_and_s_counts_mb() {
+        assert!(parse_size_with_unit("20480")
+            .unwrap_err()
+            .contains("-s 20480"));
+        assert_eq!(parse_size_with_unit("20M"), Ok(20 << 20));
+        assert_eq!(parse_size_mb("20"), Ok(20 << 20));
+        assert_eq!(parse_size_mb("1G"), Ok(1 << 30));
+        assert!(parse_size_mb("99999999999999999").is_err());
+    }
 }

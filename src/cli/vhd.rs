@@ -4,12 +4,15 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::args::{QueryArgs, VhdCommand};
+use clap::Parser;
+
+use super::args::VhdCommand;
 use super::output::{self, CliError};
-use crate::vhd::{self, check::CheckOptions, OpenMode, Vhd, VhdError};
+use crate::error::exit;
+use crate::vhd::{self, check::CheckOptions, repair::RepairError, OpenMode, Vhd, VhdError};
 
 pub fn run(cmd: VhdCommand) -> Result<ExitCode, CliError> {
     match cmd {
@@ -21,7 +24,20 @@ pub fn run(cmd: VhdCommand) -> Result<ExitCode, CliError> {
                 print!("{}", vhd::info::render(&i));
             }
         }
-        VhdCommand::Query(q) => return Ok(query(&q)),
+        VhdCommand::Query { args } => {
+            let argv = std::iter::once(std::ffi::OsString::from("query")).chain(args);
+            return Ok(match QueryArgs::try_parse_from(argv) {
+                Ok(q) => query(&q),
+                Err(e) => {
+                    let _ = e.print();
+                    ExitCode::from(if e.use_stderr() {
+                        exit::USAGE
+                    } else {
+                        exit::OK
+                    })
+                }
+            });
+        }
         VhdCommand::Check {
             file,
             name,
@@ -49,12 +65,37 @@ pub fn run(cmd: VhdCommand) -> Result<ExitCode, CliError> {
                 return Ok(ExitCode::from(vhd::error::EINVAL as u8));
             }
         }
+        VhdCommand::Repair {
+            file,
+            name,
+            dry_run,
+            json,
+        } => {
+            let path = file.or(name).expect("clap requires one");
+            let r = vhd::repair::repair(&path, dry_run).map_err(|e| match e {
+                // What vhd-util repair fails on too exits with its errno.
+                RepairError::Vhd(v) => CliError::errno(&v),
+                refused => CliError::from(refused),
+            })?;
+            if json {
+                output::json(&r);
+            } else {
+                output::line(&r.summary());
+            }
+        }
         VhdCommand::SetParent {
             child,
             parent,
+            name,
+            parent_name,
             raw,
             json,
         } => {
+            let (child, parent) = either(
+                (child, parent),
+                (name, parent_name),
+                "CHILD PARENT, or vhd-util's -n CHILD -p PARENT",
+            )?;
             let r = vhd::relink::set_parent(&child, &parent, raw)?;
             if json {
                 output::json(&r);
@@ -64,10 +105,17 @@ pub fn run(cmd: VhdCommand) -> Result<ExitCode, CliError> {
         VhdCommand::Snapshot {
             parent,
             child,
+            name,
+            parent_name,
             keep_empty_parents,
             stamp,
             json,
         } => {
+            let (parent, child) = either(
+                (parent, child),
+                (parent_name, name),
+                "PARENT CHILD, or vhd-util's -n CHILD -p PARENT",
+            )?;
             let s = vhd::create::snapshot(&parent, &child, keep_empty_parents, &stamp.stamp())?;
             if json {
                 output::json(&s);
@@ -78,9 +126,16 @@ pub fn run(cmd: VhdCommand) -> Result<ExitCode, CliError> {
         VhdCommand::Create {
             file,
             size,
+            name,
+            size_mb,
             stamp,
             json,
         } => {
+            let (file, size) = either(
+                (file, size),
+                (name, size_mb),
+                "FILE SIZE (with a unit: 20G), or vhd-util's -n FILE -s MB",
+            )?;
             vhd::create::create_dynamic(&file, size, &stamp.stamp())?;
             if json {
                 // The size as created: rounded up to whole 2 MiB blocks.
@@ -91,6 +146,21 @@ pub fn run(cmd: VhdCommand) -> Result<ExitCode, CliError> {
         VhdCommand::Read { file, out } => read(&file, &out)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The two things a command names, given whole in one form: positional, or vhd-util's
+/// flags. Half of each, or both forms at once, is a usage error naming both forms.
+fn either<A, B>(
+    positional: (Option<A>, Option<B>),
+    flags: (Option<A>, Option<B>),
+    forms: &str,
+) -> Result<(A, B), CliError> {
+    match (positional, flags) {
+        ((Some(a), Some(b)), (None, None)) | ((None, None), (Some(a), Some(b))) => Ok((a, b)),
+        _ => Err(CliError::usage(format!(
+            "give {forms} (one form, complete)"
+        ))),
+    }
 }
 
 fn read(file: &Path, out: &Path) -> Result<(), VhdError> {
@@ -117,7 +187,6 @@ fn read(file: &Path, out: &Path) -> Result<(), VhdError> {
     Ok(())
 }
 
-/// `vhd-util query`, line for line (vhd-format.md §8).
 /// Whether `e` is a write into a pipe whose reader is gone.
 fn broken_pipe(e: &VhdError) -> bool {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -130,6 +199,7 @@ fn broken_pipe(e: &VhdError) -> bool {
     false
 }
 
+/// `vhd-util query`, line for line (vhd-format.md §8).
 fn query(q: &QueryArgs) -> ExitCode {
     let name = q.name.display().to_string();
     let open = Vhd::open(
@@ -213,6 +283,51 @@ fn query(q: &QueryArgs) -> ExitCode {
     ExitCode::from(status as u8)
 }
 
+/// `vhd query`'s flags, vhd-util's letters, parsed apart from the rest of the command
+/// line (see `VhdCommand::Query`).
+#[derive(Parser, Debug)]
+#[command(
+    name = "query",
+    bin_name = "glance-vhd vhd query",
+    about = "vhd-util query: same lines, same order, same exit codes",
+    after_help = "Example (what XenServer's SM runs):\n  glance-vhd vhd query -vsafp -n /var/run/sr-mount/SR/1234.vhd"
+)]
+pub struct QueryArgs {
+    /// The file
+    #[arg(short = 'n', required = true)]
+    pub name: PathBuf,
+    /// Virtual size in MiB
+    #[arg(short = 'v')]
+    pub virt: bool,
+    /// Physical size in bytes
+    #[arg(short = 's')]
+    pub phys: bool,
+    /// Parent path
+    #[arg(short = 'p')]
+    pub parent: bool,
+    /// With -p: the locator text instead of the resolved path
+    #[arg(short = 'u')]
+    pub unresolved: bool,
+    /// Hidden flag
+    #[arg(short = 'f')]
+    pub hidden: bool,
+    /// Marker flag
+    #[arg(short = 'm')]
+    pub marker: bool,
+    /// Chain depth
+    #[arg(short = 'd')]
+    pub depth: bool,
+    /// Allocated block count
+    #[arg(short = 'a')]
+    pub allocated: bool,
+    /// Maximum virtual size in MiB (BAT entries x 2)
+    #[arg(short = 'S')]
+    pub max_size: bool,
+    /// Accepted for compatibility (vhd-util logs to syslog with it)
+    #[arg(long)]
+    pub debug: bool,
+}
+
 /// blktap `vhd_hidden`: the footer in use, except that for old tap files (0.1, 1.1) the
 /// flag lives in the copy at offset 0.
 fn hidden_as_blktap_reads_it(v: &Vhd) -> u8 {
@@ -223,4 +338,16 @@ fn hidden_as_blktap_reads_it(v: &Vhd) -> u8 {
         }
     }
     v.footer.hidden
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks, which debug builds run on every parse (panicking).
+    #[test]
+    fn query_flags_pass_clap_s_checks() {
+        QueryArgs::command().debug_assert();
+    }
 }

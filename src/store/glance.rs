@@ -109,10 +109,10 @@ impl Glance {
         send: impl Fn(Option<&str>) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<ureq::http::Response<ureq::Body>, StoreError> {
         let Some(auth) = &self.cfg.auth else {
-            return traced(method, url, send(None));
+            return super::traced(method, url, send(None));
         };
         let token = auth.token()?;
-        let resp = traced(method, url, send(Some(token.expose())))?;
+        let resp = super::traced(method, url, send(Some(token.expose())))?;
         if resp.status().as_u16() != 401 {
             return Ok(resp);
         }
@@ -123,7 +123,7 @@ impl Glance {
             super::redact(url)
         ));
         let token = auth.renew()?;
-        traced(method, url, send(Some(token.expose())))
+        super::traced(method, url, send(Some(token.expose())))
     }
 
     /// `endpoint` + `path`, without `//` whatever the endpoint's trailing slash.
@@ -484,7 +484,7 @@ impl Glance {
                 req = req.header(format!("x-image-meta-property-{k}").as_str(), v.as_str());
             }
         }
-        let resp = traced("PUT", &url, req.send(ureq::SendBody::from_reader(body)))?;
+        let resp = super::traced("PUT", &url, req.send(ureq::SendBody::from_reader(body)))?;
         let status = resp.status().as_u16();
         if status == 401 && self.cfg.auth.is_some() {
             // A fresh token refused: the next attempt signs in again (a wrong password
@@ -501,22 +501,6 @@ impl Glance {
         let v = Glance::json_of(&url, resp)?;
         Ok(Some(Record::from_json(&v["image"])))
     }
-}
-
-/// The answer to `method url`, traced for `-vv` ([`crate::log::trace`]): the method,
-/// the URL and the status or transport error — never a header (the token is one) or a
-/// body.
-pub(super) fn traced(
-    method: &str,
-    url: &str,
-    answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> Result<ureq::http::Response<ureq::Body>, StoreError> {
-    let url_shown = super::redact(url);
-    match &answer {
-        Ok(resp) => crate::log::trace(&format!("{method} {url_shown} -> {}", resp.status())),
-        Err(e) => crate::log::trace(&format!("{method} {url_shown} -> no answer: {e}")),
-    }
-    answer.map_err(|e| StoreError::transport(url, e))
 }
 
 /// RFC 6901: `~` → `~0`, `/` → `~1`.

@@ -325,7 +325,7 @@ impl Session {
             .post(url)
             .header("Content-Type", "application/json")
             .send(body.to_string());
-        let resp = super::glance::traced("POST", url, resp)?;
+        let resp = super::traced("POST", url, resp)?;
         let status = resp.status().as_u16();
         match status {
             201 | 200 => {}

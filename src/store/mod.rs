@@ -51,6 +51,13 @@ pub enum StoreError {
         #[source]
         source: ureq::Error,
     },
+    /// TLS verification failed: the same next time, and the admin's fix is the CA.
+    #[error("{url}: the server's certificate cannot be verified: is its CA given (--cacert, OS_CACERT or the cloud's cacert), and does it name the URL's host?")]
+    Certificate {
+        url: String,
+        #[source]
+        source: ureq::Error,
+    },
     #[error("image {0} has no data yet (HTTP 204)")]
     NoData(String),
     #[error("{0}")]
@@ -82,9 +89,11 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn transport(url: &str, source: ureq::Error) -> StoreError {
-        StoreError::Transport {
-            url: url.to_string(),
-            source,
+        let url = url.to_string();
+        if is_certificate_error(&source) {
+            StoreError::Certificate { url, source }
+        } else {
+            StoreError::Transport { url, source }
         }
     }
 
@@ -152,9 +161,7 @@ impl Kind for StoreError {
             } => ErrorKind::Retryable,
             StoreError::Http { status, .. } if (400..500).contains(status) => ErrorKind::Permanent,
             // A certificate that fails verification fails the same way next time.
-            StoreError::Transport { source, .. } if is_certificate_error(source) => {
-                ErrorKind::Permanent
-            }
+            StoreError::Certificate { .. } => ErrorKind::Permanent,
             StoreError::Http { .. } | StoreError::Transport { .. } => ErrorKind::Retryable,
             StoreError::NoData(_) | StoreError::NotQueued { .. } => ErrorKind::Permanent,
             StoreError::Write { .. } => ErrorKind::Io,
@@ -187,6 +194,22 @@ const RESERVED_HEADERS: &[&str] = &[
     "host",
     "expect",
 ];
+
+/// The answer to `method url`, traced for `-vv` ([`crate::log::trace`]): the method,
+/// the URL and the status or transport error — never a header (the token is one) or a
+/// body.
+pub(super) fn traced(
+    method: &str,
+    url: &str,
+    answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<ureq::http::Response<ureq::Body>, StoreError> {
+    let url_shown = redact(url);
+    match &answer {
+        Ok(resp) => crate::log::trace(&format!("{method} {url_shown} -> {}", resp.status())),
+        Err(e) => crate::log::trace(&format!("{method} {url_shown} -> no answer: {e}")),
+    }
+    answer.map_err(|e| StoreError::transport(url, e))
+}
 
 /// The one rule for a request header, whoever supplies it (`--header`, `--token`,
 /// `OS_AUTH_TOKEN`, the plugin's `extra_headers` and `auth_token`): a token name

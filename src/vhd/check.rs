@@ -145,14 +145,7 @@ fn check_one(
     if let Some(p) = footer_problem(&backup, opts) {
         return Ok(Some(format!("backup footer invalid: {p}")));
     }
-    // Early tapdisk set "hidden" only in the copy; blktap tolerates that difference.
-    let same = copy == raw
-        || (backup.hidden != 0 && backup.is_old_tap() && {
-            let mut b = backup.clone();
-            b.hidden = 0;
-            b.encode_raw() == primary.encode_raw()
-        });
-    if !same {
+    if !footer::copies_agree(&raw, &copy) {
         return Ok(Some("primary and backup footers do not match".into()));
     }
     // The raw header, before `Vhd::open` validates it its own way.

@@ -278,6 +278,21 @@ impl Footer {
     }
 }
 
+/// Whether the primary footer and the copy at offset 0 say the same: byte for byte, or
+/// differing only in the hidden flag of an early tapdisk file (0.1, 1.1), which set it
+/// in the copy alone without updating the checksum. blktap tolerates that difference.
+pub fn copies_agree(primary: &[u8; FOOTER_SIZE], copy: &[u8; FOOTER_SIZE]) -> bool {
+    if primary == copy {
+        return true;
+    }
+    let c = Footer::decode(copy);
+    c.hidden != 0 && c.is_old_tap() && {
+        let mut b = c.clone();
+        b.hidden = 0;
+        b.encode_raw() == *primary
+    }
+}
+
 /// Why a footer cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FooterProblem {

@@ -24,6 +24,7 @@ pub mod info;
 pub mod link;
 pub mod locator;
 pub mod relink;
+pub mod repair;
 #[cfg(test)]
 pub(crate) mod test_samples;
 
@@ -135,28 +136,39 @@ impl Vhd {
         let mut raw = [0u8; FOOTER_SIZE];
         let len = (file_size - primary_at) as usize;
         read_exact_at(&file, path, &mut raw[..len], primary_at, "read the footer")?;
-        let mut footer = Footer::decode(&raw);
+        let footer = Footer::decode(&raw);
         let mut backup_used = false;
         if let Some(problem) = footer.problem() {
             // blktap falls back to the copy at offset 0 (dynamic and differencing
             // disks keep one there) when the primary is unusable.
             let mut copy = [0u8; FOOTER_SIZE];
-            let backup = if file_size >= 2 * FOOTER_SIZE as u64 {
+            let usable = file_size >= 2 * FOOTER_SIZE as u64 && {
                 read_exact_at(&file, path, &mut copy, 0, "read the footer copy")?;
-                let f = Footer::decode(&copy);
-                (f.problem().is_none() && f.is_dynamic_or_diff()).then_some(f)
-            } else {
-                None
+                usable_copy(&Footer::decode(&copy))
             };
-            match backup {
-                Some(f) => {
-                    footer = f;
-                    raw = copy;
-                    backup_used = true;
-                }
-                None => return Err(footer_error(path, &footer, problem)),
+            if !usable {
+                return Err(footer_error(path, &footer, problem));
             }
+            raw = copy;
+            backup_used = true;
         }
+        Vhd::with_footer(path, file, file_size, primary_at, raw, backup_used, mode)
+    }
+
+    /// The rest of [`Vhd::from_file`] once the footer in use (`raw`) is chosen: its
+    /// rules, then the header, BAT and batmap, each required to lie before `primary_at`.
+    /// `vhd repair` calls it with the copy at offset 0 and `primary_at` at the end of
+    /// the file, where a footer that was cut off would have started.
+    pub(crate) fn with_footer(
+        path: &Path,
+        file: File,
+        file_size: u64,
+        primary_at: u64,
+        raw: [u8; FOOTER_SIZE],
+        backup_used: bool,
+        mode: OpenMode,
+    ) -> Result<Vhd> {
+        let footer = Footer::decode(&raw);
         if footer.is_poisoned() && !mode.ignore_disabled {
             return Err(VhdError::invalid(
                 path,
@@ -416,18 +428,22 @@ pub const LOCATOR_FIELDS: [&str; 8] = [
 /// writer forever. `O_NONBLOCK` changes nothing for files and block devices and is
 /// cleared once open; the caller refuses any other kind of file.
 pub(crate) fn open_without_blocking(path: &Path, write: bool) -> Result<File> {
+    open_without_blocking_with(path, write, 0).map_err(|e| VhdError::io(path, "open", e))
+}
+
+/// [`open_without_blocking`] with more open(2) flags (`O_NOFOLLOW`); the open's own
+/// error is returned as is, for the caller to name.
+pub(crate) fn open_without_blocking_with(path: &Path, write: bool, flags: i32) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = OpenOptions::new()
         .read(true)
         .write(write)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| VhdError::io(path, "open", e))?;
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC | flags)
+        .open(path)?;
     nix::fcntl::fcntl(
         &file,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-    )
-    .map_err(|e| VhdError::io(path, "clear O_NONBLOCK", e.into()))?;
+    )?;
     Ok(file)
 }
 
@@ -486,6 +502,12 @@ pub(crate) fn header_problem(h: &Header) -> Option<(&'static str, String, String
         ));
     }
     None
+}
+
+/// Whether the footer copy at offset 0 can stand in for the primary: valid, and of a
+/// disk that keeps a copy (dynamic or differencing; a fixed disk's first sector is data).
+pub(crate) fn usable_copy(f: &Footer) -> bool {
+    f.problem().is_none() && f.is_dynamic_or_diff()
 }
 
 fn footer_error(path: &Path, f: &Footer, problem: footer::FooterProblem) -> VhdError {

@@ -33,4 +33,6 @@ mod relink_io;
 mod samples;
 mod store_v1;
 mod upload;
+mod vhd_repair;
+mod vhd_util_forms;
 mod xapi_scan;

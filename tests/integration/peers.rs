@@ -382,7 +382,7 @@ fn libvhdi_reads_our_create_and_its_snapshot_as_zeros() {
     for (name, arg, size) in [
         ("a.vhd", "8M", 8 * MIB),
         ("b.vhd", "20000K", 20 * MIB), // rounded up to whole 2 MiB blocks
-        ("c.vhd", "1", 2 * MIB),
+        ("c.vhd", "1K", 2 * MIB),      // a bare number is refused (vhd-util forms)
     ] {
         ok(dir, &["vhd", "create", name, arg]);
         assert_eq!(
