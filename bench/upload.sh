@@ -4,7 +4,10 @@
 # (bench/sink.py), same image (bench/make_image.sh), levels 6 and 1 (the peer with
 # GZIP=-N). Reports wall time, throughput of VHD bytes, peak RSS (/usr/bin/time -v),
 # page-cache growth (Cached in /proc/meminfo, caches dropped before each run) and the
-# compressed size each produced.
+# compressed size each produced. Then chain vs flattened (`upload --flatten`): the same
+# image as the base of a two-VHD chain whose child rewrote every 4th allocated block
+# (bench/make_chain.py), uploaded as the chain and flattened at level 6: VHD bytes in
+# the tarball, bytes sent and time.
 #
 #   GLANCE_VHD_BIN=target/x86_64-unknown-linux-musl/release/glance-vhd bench/upload.sh
 # Env: BENCH_RUNS (default 3), BENCH_LEVELS (default "6 1"), BENCH_DIR.
@@ -86,4 +89,39 @@ for tool in ("peer", "glance-vhd"):
         size = int(rs[-1][5])
         ratio = med[("peer", level)] / t if ("peer", level) in med else 1.0
         print(f"| {tool} | {level} | {t:.2f} | {vhd / t / 1e6:.0f} | {rss:.1f} | {cache:.0f} | {size} | {ratio:.2f}x |")
+PY
+
+# Chain vs flattened. The child is made in the SR by our `vhd snapshot` (relative
+# locator ./BASE.vhd) and filled by make_chain.py.
+BASE_UUID=0badcafe-0000-4000-8000-000000000002
+CHILD_UUID=0badcafe-0000-4000-8000-000000000003
+ln "$VHD" "$SR/$BASE_UUID.vhd"
+(cd "$SR" && "$BIN" vhd snapshot "$BASE_UUID.vhd" "$CHILD_UUID.vhd" >/dev/null)
+python3 "$HERE/make_chain.py" "$SR/$BASE_UUID.vhd" "$SR/$CHILD_UUID.vhd" 4 >&2
+"$BIN" vhd check --parents "$SR/$CHILD_UUID.vhd" >&2
+CHAIN_VHD_BYTES=$(( $(stat -c %s "$SR/$BASE_UUID.vhd") + $(stat -c %s "$SR/$CHILD_UUID.vhd") ))
+FLAT_RESULTS=$WORK/flat-results.tsv
+RESULTS=$FLAT_RESULTS
+: > "$RESULTS"
+echo "chain vs flattened: $CHAIN_VHD_BYTES bytes of VHD in the chain; $RUNS runs each, level 6" >&2
+for run in $(seq "$RUNS"); do
+    timed chain 6 "$run" "chain-$run" -- "$BIN" upload -v --endpoint "$EP" --sr-path "$SR" \
+        --leaf "$CHILD_UUID" --image-id "chain-$run" --compression-level 6
+    timed flattened 6 "$run" "flat-$run" -- "$BIN" upload -v --endpoint "$EP" --sr-path "$SR" \
+        --leaf "$CHILD_UUID" --image-id "flat-$run" --compression-level 6 --flatten
+done
+FLAT_VHD_BYTES=$(grep -ho 'into one of [0-9]* bytes' "$WORK"/log/flattened.6.1.err | head -1 | awk '{print $4}')
+
+python3 - "$FLAT_RESULTS" "$CHAIN_VHD_BYTES" "$FLAT_VHD_BYTES" <<'PY'
+import statistics, sys
+rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
+vhd = {"chain": int(sys.argv[2]), "flattened": int(sys.argv[3])}
+print()
+print("| upload (L6) | VHD bytes in the tarball | bytes sent | median s | peak RSS MiB |")
+print("|---|---|---|---|---|")
+for label in ("chain", "flattened"):
+    rs = [r for r in rows if r[0] == label]
+    t = statistics.median(float(r[2]) for r in rs)
+    rss = max(int(r[3]) for r in rs) / 1024
+    print(f"| {label} | {vhd[label]} | {int(rs[-1][5])} | {t:.2f} | {rss:.1f} |")
 PY

@@ -2,6 +2,8 @@
 //! the Diablo names — with GNU headers, each file's mode and mtime kept, gzipped in
 //! parallel into one member ([`super::pargz`]). This is the format the old plugins made
 //! with `tar -zc --directory=STAGING .`, readable by GNU tar and Python `tarfile` `r|gz`.
+//! [`pack_generated_with`] packs one member made as it is read instead (`upload
+//! --flatten`: `./0.vhd` made from the chain), under the same rules.
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
@@ -176,6 +178,148 @@ pub fn pack_with<W: Write>(
     }
     let gz = tar.into_inner()?;
     gz.finish()
+}
+
+/// One member made as it is read (`upload --flatten`: one VHD made from the chain's
+/// files), and the files it is made from.
+pub struct Generated<'a, R> {
+    /// The name in the tar, without `./`.
+    pub name: &'a str,
+    /// Exactly this many bytes: the tar header says so before the first is read.
+    pub size: u64,
+    pub data: R,
+    /// The files read to make it, as their caller checked them: each must still be so
+    /// once the last byte is made. The first (the leaf) gives the member its mode and
+    /// owner; the newest mtime of them all is the member's.
+    pub sources: &'a [Member<'a>],
+}
+
+/// [`pack_with`] for one generated member: `./` and `./NAME`, the same gzip, the same
+/// rule that a member which is not what was promised (a short or long stream, a source
+/// that changed while it was read) fails the stream before its end. `progress` counts
+/// the bytes of the member made.
+pub fn pack_generated_with<W: Write, R: io::Read>(
+    image: Generated<'_, R>,
+    out: W,
+    opts: PackOptions,
+    progress: Option<Arc<Progress>>,
+) -> io::Result<W> {
+    let Some(leaf) = image.sources.first() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: made from no file", image.name),
+        ));
+    };
+    let mut newest = 0u64;
+    for m in image.sources {
+        if m.tail.len() as u64 > m.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: a tail longer than the member", m.path.display()),
+            ));
+        }
+        newest = newest.max(m.file.metadata()?.mtime().max(0) as u64);
+    }
+    let meta = leaf.file.metadata()?;
+    if let Some(p) = &progress {
+        p.set_total(image.size);
+        p.set_member(image.name);
+    }
+    let gz = ParGzWriter::new(out, opts.level, opts.threads)?;
+    let mut tar = tar::Builder::new(gz);
+    tar.mode(tar::HeaderMode::Complete);
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_mtime(newest);
+    dir.set_size(0);
+    set_name(&mut dir, "./")?;
+    dir.set_cksum();
+    tar.append(&dir, io::empty())?;
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(meta.mode() & 0o7777);
+    h.set_mtime(newest);
+    h.set_uid(meta.uid() as u64);
+    h.set_gid(meta.gid() as u64);
+    h.set_size(image.size);
+    set_name(&mut h, &format!("./{}", image.name))?;
+    h.set_cksum();
+    tar.append(
+        &h,
+        Made {
+            inner: Counting::new(image.data, progress),
+            name: image.name,
+            remaining: image.size,
+            sources: image.sources,
+            checked: false,
+        },
+    )?;
+    let gz = tar.into_inner()?;
+    gz.finish()
+}
+
+/// Exactly `remaining` bytes of a generated member; at its end, every source is
+/// checked again (size, and its last bytes read anew) before tar writes anything after
+/// it.
+struct Made<'a, R> {
+    inner: R,
+    name: &'a str,
+    remaining: u64,
+    sources: &'a [Member<'a>],
+    checked: bool,
+}
+
+impl<R: io::Read> io::Read for Made<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            if !self.checked {
+                self.checked = true;
+                let mut more = [0u8; 1];
+                if self.inner.read(&mut more)? != 0 {
+                    return Err(io::Error::other(format!(
+                        "{}: longer than the size its tar header promised",
+                        self.name
+                    )));
+                }
+                for m in self.sources {
+                    unchanged(m)?;
+                }
+            }
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: {} bytes short of the size its tar header promised",
+                    self.name, self.remaining
+                ),
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// A member is still what its caller checked: the same size, the same last bytes.
+fn unchanged(m: &Member<'_>) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let now = m.file.metadata()?.len();
+    if now != m.size {
+        return Err(changed(m, &format!("{now} bytes at the end of reading it")));
+    }
+    let mut tail = vec![0u8; m.tail.len()];
+    m.file
+        .read_exact_at(&mut tail, m.size - m.tail.len() as u64)?;
+    if tail != m.tail {
+        return Err(changed(m, "its footer is not the footer checked"));
+    }
+    Ok(())
 }
 
 /// The error for a member that is not what its caller checked.

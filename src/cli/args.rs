@@ -103,6 +103,8 @@ finishes the job.
       --vdi $LEAF --vdi $BASE
   glance-vhd upload --endpoint file:///srv/images/web.tgz \\
       --sr-path /var/run/sr-mount/$SR --leaf $VDI
+  glance-vhd upload --endpoint file:///srv/images/web.tgz \\
+      --sr-path /var/run/sr-mount/$SR --leaf $VDI --flatten
 
 Prints the image id on stdout, or one JSON object with --json.
 
@@ -469,6 +471,11 @@ pub struct UploadArgs {
     /// Compression threads (default: all cores)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads: Option<u32>,
+    /// Send one dynamic VHD (./0.vhd) holding the leaf's whole content instead of the
+    /// chain: blocks a child overwrote are sent once, blocks absent from the whole
+    /// chain stay unallocated, and the image downloads as a single VDI
+    #[arg(long)]
+    pub flatten: bool,
     #[command(flatten)]
     pub job: JobArgs,
     /// Print the result as one JSON object (README "JSON output")

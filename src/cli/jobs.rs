@@ -457,7 +457,8 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
         }
         (None, None) => unreachable!("checked above: --image-id or --create --name"),
     };
-    let mut uploader = Uploader::new(a.sr.path(), &spec, pack, job.transfer(&a.job));
+    let mut uploader =
+        Uploader::new(a.sr.path(), &spec, pack, job.transfer(&a.job)).flatten(a.flatten);
     let result = job.retry(&store, &what, |n| {
         let target = match &image_id {
             Some(id) => {
@@ -487,8 +488,9 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
     }
     let summary = Summary::new(image_id.as_deref(), &store, attempts, &up.stream, took);
     summary.say(&format!(
-        "{what}: {} (leaf {})",
+        "{what}: {}{} (leaf {})",
         vhds(up.uuids.len()),
+        if a.flatten { " flattened into one" } else { "" },
         up.uuids.first().map_or("-", String::as_str)
     ));
     if a.json {
@@ -496,6 +498,7 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
             "image_id": image_id,
             "vdis": up.uuids,
             "members": up.members,
+            "flattened": a.flatten,
             "stream": up.stream,
             "summary": summary,
         }));

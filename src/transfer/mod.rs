@@ -25,6 +25,7 @@ use crate::progress::{Counting, Progress};
 use crate::sr::SrError;
 use crate::store::StoreError;
 use crate::stream::{Deadline, RateLimited};
+use crate::vhd::VhdError;
 
 /// What went wrong, by where: each source keeps its own kind (a relink EIO stays an I/O
 /// error, a store 503 stays retryable, a hostile member stays invalid input).
@@ -36,6 +37,9 @@ pub enum TransferError {
     Sr(#[from] SrError),
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// The staged chain could not be laid out as one VHD (`upload --flatten`).
+    #[error("cannot flatten the chain")]
+    Flatten(#[from] VhdError),
     /// The tar/gzip producer could not read a staged VHD.
     #[error("{}: cannot read the chain for upload", path.display())]
     Read {
@@ -51,6 +55,7 @@ impl Kind for TransferError {
             TransferError::Store(e) => e.kind(),
             TransferError::Sr(e) => e.kind(),
             TransferError::Bundle(e) => e.kind(),
+            TransferError::Flatten(e) => e.kind(),
             TransferError::Read { .. } => ErrorKind::Io,
         }
     }

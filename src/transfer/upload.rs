@@ -4,19 +4,27 @@
 //! grows, shrinks or has its footer rewritten while it is read included — the store gets
 //! a broken stream ([`crate::stream::PipeReader`] never fakes an end), never a short or
 //! torn complete image.
+//!
+//! Flattened (`upload --flatten`), the chain is staged and checked the same way, but
+//! what is packed is one dynamic VHD made from it as it is read ([`crate::vhd::flatten`]):
+//! `./0.vhd` alone, whose size and layout are known before its first byte.
 
 use std::io;
 use std::path::Path;
 
 use super::{Result, Transfer, TransferError};
 use crate::bundle::pack::{self, PackOptions};
-use crate::sr::{self, ChainSpec};
+use crate::sr::{self, ChainSpec, Exported};
 use crate::store::{Digests, HashingReader, StoreError, Target};
+use crate::vhd::chain::Chain;
+use crate::vhd::flatten::Flat;
+use crate::vhd::{OpenMode, Vhd};
 
 /// A finished upload.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Uploaded {
-    /// VDI UUIDs sent, in member order (leaf first).
+    /// VDI UUIDs sent, in member order (leaf first); flattened, the chain's VDIs read
+    /// to make the one member.
     pub uuids: Vec<String>,
     pub members: Vec<String>,
     /// What went over the wire (the gzipped tarball).
@@ -36,6 +44,7 @@ pub struct Uploader<'a> {
     spec: &'a ChainSpec,
     pack: PackOptions,
     transfer: Transfer,
+    flatten: bool,
     /// The last attempt's stream, if the store read it to its end.
     handed_over: Option<Uploaded>,
 }
@@ -47,14 +56,28 @@ impl<'a> Uploader<'a> {
             spec,
             pack,
             transfer,
+            flatten: false,
             handed_over: None,
         }
+    }
+
+    /// Send one dynamic VHD holding the leaf's whole content instead of the chain.
+    pub fn flatten(mut self, yes: bool) -> Self {
+        self.flatten = yes;
+        self
     }
 
     /// One attempt into `target`.
     pub fn attempt(&mut self, target: &Target) -> Result<Uploaded> {
         let previous = self.handed_over.take();
-        let (result, handed_over) = send(self.sr, self.spec, target, self.pack, &self.transfer);
+        let (result, handed_over) = send(
+            self.sr,
+            self.spec,
+            target,
+            self.pack,
+            &self.transfer,
+            self.flatten,
+        );
         self.handed_over = handed_over;
         match result {
             Err(TransferError::Store(StoreError::NotQueued { .. }))
@@ -82,6 +105,22 @@ pub fn upload(
     Uploader::new(sr, spec, pack, transfer).attempt(target)
 }
 
+/// The staged chain opened again from the files checked (not through the locators,
+/// which name the SR's files) and the flattened image's layout.
+fn plan_flat(exported: &Exported) -> Result<(Chain, Flat)> {
+    let mut vhds = Vec::with_capacity(exported.members.len());
+    for m in &exported.members {
+        let file = m.file.try_clone().map_err(|e| TransferError::Read {
+            path: m.path.clone(),
+            source: e,
+        })?;
+        vhds.push(Vhd::from_file(&m.path, file, m.size, OpenMode::READ)?);
+    }
+    let chain = Chain::of(vhds)?;
+    let flat = Flat::plan(&chain)?;
+    Ok((chain, flat))
+}
+
 /// Check and stage the chain, prepare the store, stream, verify. Also returns what the store read to its end, whatever the
 /// outcome: if the answer was lost, the store may hold the complete image.
 fn send(
@@ -90,6 +129,7 @@ fn send(
     target: &Target,
     pack: PackOptions,
     transfer: &Transfer,
+    flatten: bool,
 ) -> (Result<Uploaded>, Option<Uploaded>) {
     // The deadline counts from here: checking the chain and preparing the image are
     // part of the transfer.
@@ -105,12 +145,29 @@ fn send(
         exported.members.len(),
         exported.staging.path().display()
     ));
+    // Laid out before the store hears of the attempt, as the chain is checked.
+    let flat = match flatten.then(|| plan_flat(&exported)).transpose() {
+        Ok(f) => f,
+        Err(e) => return (Err(e), None),
+    };
+    if let Some((_, f)) = &flat {
+        crate::log::step(&format!(
+            "flattening {} VHDs into one of {} bytes ({} blocks allocated, VHD UUID {})",
+            exported.members.len(),
+            f.size(),
+            f.allocated_blocks(),
+            f.uuid()
+        ));
+    }
     if let Err(e) = target.prepare() {
         return (Err(e.into()), None);
     }
     let uploaded = |stream: Digests| Uploaded {
         uuids: exported.uuids.clone(),
-        members: exported.members.iter().map(|m| m.name.clone()).collect(),
+        members: match flat {
+            Some(_) => vec![FLAT_MEMBER.to_string()],
+            None => exported.members.iter().map(|m| m.name.clone()).collect(),
+        },
         stream,
         completed_earlier: false,
     };
@@ -131,13 +188,26 @@ fn send(
         .collect();
     let (sent, produced, handed_over) = std::thread::scope(|s| {
         let members = &members;
+        let flat = &flat;
         let producer = s.spawn(move || {
             let out = FailAfter {
                 inner: writer,
                 left: fail_after.unwrap_or(u64::MAX),
             };
-            pack::pack_with(members, out, pack, transfer.progress.clone())
-                .and_then(|w| w.inner.close())
+            let progress = transfer.progress.clone();
+            match flat {
+                Some((chain, f)) => {
+                    let image = pack::Generated {
+                        name: FLAT_MEMBER,
+                        size: f.size(),
+                        data: f.reader(chain),
+                        sources: members,
+                    };
+                    pack::pack_generated_with(image, out, pack, progress)
+                }
+                None => pack::pack_with(members, out, pack, progress),
+            }
+            .and_then(|w| w.inner.close())
         });
         // The rate limit applies to what goes on the wire; the pipe's back-pressure
         // slows the compressors to match.
@@ -181,6 +251,9 @@ fn send(
         .map_err(TransferError::from);
     (result, handed_over)
 }
+
+/// The one member of a flattened image: what a download expects of a one-VHD image.
+const FLAT_MEMBER: &str = "0.vhd";
 
 /// A writer that fails once `left` bytes have passed (the upload test hook
 /// [`crate::testhooks::FAIL_UPLOAD_AFTER`]).

@@ -119,6 +119,70 @@ impl Chain {
         Ok(Chain { layers })
     }
 
+    /// A chain of files already open (leaf first), as a caller checked them — not
+    /// found again through the locators, which name the SR's files, not these. Held to
+    /// the same rules as [`Chain::open_with`]: each one's recorded parent UUID the
+    /// next one's footer UUID, only the last one not differencing, at most
+    /// [`MAX_CHAIN_DEPTH`] files.
+    pub fn of(vhds: Vec<Vhd>) -> Result<Chain> {
+        let Some(first) = vhds.first() else {
+            return Err(VhdError::refused(
+                Path::new("<chain>"),
+                "an empty list of files is no chain",
+                super::error::EINVAL,
+            ));
+        };
+        if vhds.len() > MAX_CHAIN_DEPTH {
+            return Err(VhdError::refused(
+                &first.path,
+                format!("chain deeper than {MAX_CHAIN_DEPTH} files"),
+                ELOOP,
+            ));
+        }
+        for (i, v) in vhds.iter().enumerate() {
+            match (v.is_differencing(), vhds.get(i + 1)) {
+                (false, None) => {}
+                (true, Some(next)) => {
+                    let want = v.header().expect("differencing disk").parent_uuid;
+                    if want != next.footer.uuid {
+                        return Err(VhdError::invalid(
+                            &v.path,
+                            "header parent uuid",
+                            super::fmt_uuid(&want),
+                            format!(
+                                "the next file of the chain, {}, has uuid {}",
+                                next.path.display(),
+                                next.uuid()
+                            ),
+                        ));
+                    }
+                }
+                (true, None) => {
+                    return Err(VhdError::invalid(
+                        &v.path,
+                        "footer disk type",
+                        "differencing",
+                        "the last file of a chain must be its base",
+                    ))
+                }
+                (false, Some(next)) => {
+                    return Err(VhdError::invalid(
+                        &v.path,
+                        "footer disk type",
+                        v.disk_type().name(),
+                        format!(
+                            "has no parent, but the chain goes on with {}",
+                            next.path.display()
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(Chain {
+            layers: vhds.into_iter().map(|v| Layer::Vhd(Box::new(v))).collect(),
+        })
+    }
+
     pub fn leaf(&self) -> &Vhd {
         match &self.layers[0] {
             Layer::Vhd(v) => v,

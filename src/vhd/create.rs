@@ -23,8 +23,8 @@ use super::{
     DiskType, OpenMode, Result, Vhd, VhdError, FOOTER_SIZE, HEADER_SIZE, MAX_VIRTUAL_SIZE,
 };
 
-const HEADER_AT: u64 = 512;
-const BAT_AT: u64 = 1536;
+pub(super) const HEADER_AT: u64 = 512;
+pub(super) const BAT_AT: u64 = 1536;
 
 /// Values normally random or taken from the clock; tests pin them to reproduce
 /// blktap-made files byte for byte.
@@ -53,7 +53,7 @@ pub fn now_vhd() -> u32 {
     (now - VHD_EPOCH) as u32
 }
 
-fn new_footer(disk_type: DiskType, size: u64, stamp: &Stamp) -> Footer {
+pub(super) fn new_footer(disk_type: DiskType, size: u64, stamp: &Stamp) -> Footer {
     let mut raw = [0u8; FOOTER_SIZE];
     raw[..8].copy_from_slice(super::footer::COOKIE);
     let mut f = Footer::decode(&raw);

@@ -17,6 +17,7 @@ pub mod chain;
 pub mod check;
 pub mod create;
 pub mod error;
+pub mod flatten;
 pub mod footer;
 pub mod header;
 pub mod info;

@@ -17,6 +17,7 @@ mod cron;
 mod download;
 mod drift;
 mod faults;
+mod flatten;
 mod fuzz_fixtures;
 mod glance_v2;
 mod hardening;
