@@ -100,44 +100,12 @@ pub fn pack_with<W: Write>(
     // newest mtime. The ./ entry takes that mtime, not the clock (GNU tar would record
     // the staging directory's): the same chain then packs to the same bytes — the same
     // checksum in the store, and exact offsets for the fault suite.
-    let mut total = 0u64;
-    let mut newest = 0u64;
-    for m in members {
-        // `Exact` keeps the last `tail.len()` bytes of `size`: a longer tail is a caller
-        // error, not something to subtract.
-        if m.tail.len() as u64 > m.size {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: a tail longer than the member", m.path.display()),
-            ));
-        }
-        let meta = m.file.metadata()?;
-        total = total.saturating_add(m.size);
-        newest = newest.max(meta.mtime().max(0) as u64);
-    }
+    let (total, newest) = survey(members)?;
     if let Some(p) = &progress {
         p.set_total(total);
     }
-    let gz = ParGzWriter::new(out, opts.level, opts.threads)?;
-    let mut tar = tar::Builder::new(gz);
-    tar.mode(tar::HeaderMode::Complete);
-    let mut dir = tar::Header::new_gnu();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o755);
-    dir.set_mtime(newest);
-    dir.set_size(0);
-    set_name(&mut dir, "./")?;
-    dir.set_cksum();
-    tar.append(&dir, io::empty())?;
+    let mut tar = begin(out, opts, newest)?;
     for m in members {
-        // `Exact` keeps the last `tail.len()` bytes of `size`: a longer tail is a caller
-        // error, not something to subtract.
-        if m.tail.len() as u64 > m.size {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: a tail longer than the member", m.path.display()),
-            ));
-        }
         let meta = m.file.metadata()?;
         if meta.len() != m.size {
             return Err(changed(m, &format!("is {} bytes now", meta.len())));
@@ -146,15 +114,7 @@ pub fn pack_with<W: Write>(
         // The caller's checks read with pread; the stream starts at byte 0 whatever
         // the shared offset is.
         file.seek(SeekFrom::Start(0))?;
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(meta.mode() & 0o7777);
-        h.set_mtime(meta.mtime().max(0) as u64);
-        h.set_uid(meta.uid() as u64);
-        h.set_gid(meta.gid() as u64);
-        h.set_size(m.size);
-        set_name(&mut h, &format!("./{}", m.name))?;
-        h.set_cksum();
+        let h = file_header(&meta, meta.mtime().max(0) as u64, m.size, m.name)?;
         if let Some(p) = &progress {
             p.set_member(m.name);
         }
@@ -178,6 +138,64 @@ pub fn pack_with<W: Write>(
     }
     let gz = tar.into_inner()?;
     gz.finish()
+}
+
+/// One look at the members before a byte is written: their total size (the progress
+/// total) and their newest mtime. `Exact` keeps the last `tail.len()` bytes of `size`:
+/// a longer tail is a caller error, not something to subtract.
+fn survey(members: &[Member<'_>]) -> io::Result<(u64, u64)> {
+    let mut total = 0u64;
+    let mut newest = 0u64;
+    for m in members {
+        if m.tail.len() as u64 > m.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: a tail longer than the member", m.path.display()),
+            ));
+        }
+        total = total.saturating_add(m.size);
+        newest = newest.max(m.file.metadata()?.mtime().max(0) as u64);
+    }
+    Ok((total, newest))
+}
+
+/// The tar over parallel gzip, begun with its `./` entry (mtime `newest`).
+fn begin<W: Write>(
+    out: W,
+    opts: PackOptions,
+    newest: u64,
+) -> io::Result<tar::Builder<ParGzWriter<W>>> {
+    let gz = ParGzWriter::new(out, opts.level, opts.threads)?;
+    let mut tar = tar::Builder::new(gz);
+    tar.mode(tar::HeaderMode::Complete);
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_mtime(newest);
+    dir.set_size(0);
+    set_name(&mut dir, "./")?;
+    dir.set_cksum();
+    tar.append(&dir, io::empty())?;
+    Ok(tar)
+}
+
+/// A regular member `./name` of `size` bytes with `meta`'s mode and owner.
+fn file_header(
+    meta: &std::fs::Metadata,
+    mtime: u64,
+    size: u64,
+    name: &str,
+) -> io::Result<tar::Header> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(meta.mode() & 0o7777);
+    h.set_mtime(mtime);
+    h.set_uid(meta.uid() as u64);
+    h.set_gid(meta.gid() as u64);
+    h.set_size(size);
+    set_name(&mut h, &format!("./{name}"))?;
+    h.set_cksum();
+    Ok(h)
 }
 
 /// One member made as it is read (`upload --flatten`: one VHD made from the chain's
@@ -210,41 +228,14 @@ pub fn pack_generated_with<W: Write, R: io::Read>(
             format!("{}: made from no file", image.name),
         ));
     };
-    let mut newest = 0u64;
-    for m in image.sources {
-        if m.tail.len() as u64 > m.size {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: a tail longer than the member", m.path.display()),
-            ));
-        }
-        newest = newest.max(m.file.metadata()?.mtime().max(0) as u64);
-    }
+    let (_, newest) = survey(image.sources)?;
     let meta = leaf.file.metadata()?;
     if let Some(p) = &progress {
         p.set_total(image.size);
         p.set_member(image.name);
     }
-    let gz = ParGzWriter::new(out, opts.level, opts.threads)?;
-    let mut tar = tar::Builder::new(gz);
-    tar.mode(tar::HeaderMode::Complete);
-    let mut dir = tar::Header::new_gnu();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o755);
-    dir.set_mtime(newest);
-    dir.set_size(0);
-    set_name(&mut dir, "./")?;
-    dir.set_cksum();
-    tar.append(&dir, io::empty())?;
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_mode(meta.mode() & 0o7777);
-    h.set_mtime(newest);
-    h.set_uid(meta.uid() as u64);
-    h.set_gid(meta.gid() as u64);
-    h.set_size(image.size);
-    set_name(&mut h, &format!("./{}", image.name))?;
-    h.set_cksum();
+    let mut tar = begin(out, opts, newest)?;
+    let h = file_header(&meta, newest, image.size, image.name)?;
     tar.append(
         &h,
         Made {
