@@ -446,6 +446,12 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// `text` into `path`, with `mode`.
+    fn write_mode(path: &Path, text: &str, mode: u32) {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let m: BTreeMap<String, String> = pairs
             .iter()
@@ -540,19 +546,13 @@ mod tests {
     fn clouds_yaml_with_secure_yaml_and_env_overrides() {
         let d = tempfile::tempdir().unwrap();
         let clouds = d.path().join("clouds.yaml");
-        std::fs::write(
-            &clouds,
-            "clouds:\n  c1:\n    auth_type: v3applicationcredential\n    auth:\n      auth_url: https://k:5000/v3\n      application_credential_id: abc\n    region_name: R1\n    interface: internal\n    cacert: /etc/ca.pem\n  other: {}\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&clouds, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_mode(&clouds, "clouds:\n  c1:\n    auth_type: v3applicationcredential\n    auth:\n      auth_url: https://k:5000/v3\n      application_credential_id: abc\n    region_name: R1\n    interface: internal\n    cacert: /etc/ca.pem\n  other: {}\n", 0o644);
         let secure = d.path().join("secure.yaml");
-        std::fs::write(
+        write_mode(
             &secure,
             "clouds:\n  c1:\n    auth:\n      application_credential_secret: s3cr3t\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&secure, std::fs::Permissions::from_mode(0o644)).unwrap();
+            0o644,
+        );
         let cf = clouds.display().to_string();
         let sf = secure.display().to_string();
         let env = env_of(&[
@@ -665,12 +665,11 @@ mod tests {
     fn files_others_can_change_are_refused() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("clouds.yaml");
-        std::fs::write(
+        write_mode(
             &f,
             "clouds:\n  c:\n    auth:\n      auth_url: http://evil/v3\n      token: t\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+            0o666,
+        );
         let fs = f.display().to_string();
         let env = env_of(&[("OS_CLIENT_CONFIG_FILE", &fs)]);
         let given = Given {
