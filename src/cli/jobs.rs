@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::args::{DownloadArgs, JobArgs, Store, SweepArgs, UploadArgs};
+use super::args::{self, DownloadArgs, JobArgs, Store, SweepArgs, UploadArgs};
 use super::output::{self, say, verbosity, CliError};
 use crate::bundle::pack::{self, PackOptions};
 use crate::error::{chain, Kind};
@@ -37,7 +37,9 @@ struct Summary {
     seconds: f64,
     bytes_per_second: u64,
     md5: String,
-    sha512: String,
+    /// `None` (JSON null) where it was not computed: a download from a Glance whose
+    /// record declares no SHA-512 ([`crate::store::Source::hashes_sha512`]).
+    sha512: Option<String>,
 }
 
 impl Summary {
@@ -418,16 +420,21 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
             "--image-id (a queued image) or --create --name is required with an http(s) endpoint",
         ));
     }
-    let (level, warning) = pack::level(a.compression_level, &a.properties);
+    let (level, warning) = pack::level(a.compression_level, &a.properties, args::DEFAULT_LEVEL);
     if let Some(w) = warning {
         say(0, &format!("warning: {w}"));
     }
     let pack = PackOptions {
         level,
-        threads: a
-            .threads
-            .map_or(PackOptions::default().threads, |t| t as usize),
+        threads: a.threads.map_or_else(args::default_threads, |t| t as usize),
     };
+    say(
+        1,
+        &format!(
+            "gzip level {}, {} compressor threads",
+            pack.level, pack.threads
+        ),
+    );
     let spec = match &a.leaf {
         Some(l) => ChainSpec::Leaf(l.to_string()),
         None => ChainSpec::Vdis(a.vdi.iter().map(|u| u.to_string()).collect()),
@@ -499,6 +506,7 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
             "vdis": up.uuids,
             "members": up.members,
             "flattened": a.flatten,
+            "compression": {"level": pack.level, "threads": pack.threads},
             "stream": up.stream,
             "summary": summary,
         }));
