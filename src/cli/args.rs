@@ -12,26 +12,6 @@ use crate::store::glance::{self, Api, Glance, GlanceConfig};
 use crate::store::{clouds, Remote, StoreError};
 use crate::vhd::{self, create::Stamp};
 
-/// `upload`'s gzip level when neither `--compression-level` nor the image property
-/// says: chosen from `make bench` (README "Performance"). Level 3 costs about a third of
-/// level 6's CPU per GB for an image a few percent larger; the plugin keeps Nova's
-/// semantics ([`crate::bundle::pack::DEFAULT_LEVEL`], 6).
-pub const DEFAULT_LEVEL: u32 = 3;
-
-/// Most compressor threads `upload` starts without `--threads`.
-const MAX_DEFAULT_THREADS: usize = 4;
-
-/// `upload`'s compressor threads without `--threads`: half the cores, at least 1, at
-/// most [`MAX_DEFAULT_THREADS`]. dom0's few vCPUs run every guest's blkback/tapdisk and
-/// netback: a nightly upload that takes them all is felt by every VM on the host, and
-/// the half left over keeps them served. Four threads at level 3 already gzip faster
-/// than a dom0 reads a file SR or fills a 10 Gbit/s link with the result, so more
-/// would only take CPU from the guests.
-pub fn default_threads() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / 2).clamp(1, MAX_DEFAULT_THREADS)
-}
-
 macro_rules! exit_codes {
     () => {
         "Exit codes:
@@ -484,6 +464,7 @@ pub struct UploadArgs {
     /// Image property key=value (repeatable)
     #[arg(long = "property", value_parser = parse_property)]
     pub properties: Vec<(String, String)>,
+    // The defaults: `jobs::DEFAULT_LEVEL`, `jobs::default_threads`.
     /// gzip level 1-9 (default: the property xenapi_image_compression_level if it is
     /// 1-9, else 3 — cheaper on dom0's CPUs than gzip's 6 for a slightly larger image;
     /// README "Performance". The xapi plugin keeps Nova's 6)
