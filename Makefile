@@ -69,7 +69,8 @@ faults: build
 demo: build
 	GLANCE_VHD_BIN=$(abspath $(BIN)) SAMPLES=$(SAMPLES) ./scripts/demo.sh
 
-# Throughput and peak RSS against the old plugin's data path, in one run (not a test).
+# Throughput, CPU-s per GB, peak RSS and size per gzip level against the old plugin's data
+# path, and a guest's read latency during an upload (bench/probe.py), in one run (not a test).
 bench: build
 	GLANCE_VHD_BIN=$(abspath $(BIN)) ./bench/run.sh
 	GLANCE_VHD_BIN=$(abspath $(BIN)) ./bench/upload.sh

@@ -5,7 +5,8 @@
 #
 # Env: BENCH_RUNS (default 3) runs per tool, alternating, each on a fresh SR directory;
 #      the page cache is dropped before every timed run when root.
-#      BENCH_EXTRA="v2 file peer-fsync" also times the Glance v2 form, the local file:// store,
+#      BENCH_EXTRA="v2 file peer-fsync" also times the Glance v2 form (its record declares
+#      os_hash_algo sha512, so SHA-512 is hashed besides MD5), the local file:// store,
 #      and the peer with an fsync before its rename (ours fsyncs; the old plugin did not).
 #      BENCH_DIR (default <repo>/target/bench).
 # Wall time and peak RSS come from /usr/bin/time -v. Every result is checked: the SR holds
@@ -132,14 +133,15 @@ def med(label):
     return statistics.median(w), max(r[1] for r in rows[label]) / 1024, min(w), max(w)
 def cpu(label):
     return statistics.median(r[2] for r in rows[label])
-print("MB = 10^6 bytes; throughput = bytes / median wall time; peak RSS = max over runs")
-print(f"{'tool':<20} {'median s':>9} {'(min-max)':>13} {'gz MB/s':>8} {'VHD MB/s':>9} {'peak RSS MiB':>13} {'CPU s':>6} {'vs peer':>8}")
+print("MB = 10^6 bytes; throughput = bytes / median wall time; peak RSS = max over runs;")
+print("CPU s = user+sys of the process and its children (median); CPU-s/GB = per 10^9 bytes of VHD written")
+print(f"{'tool':<20} {'median s':>9} {'(min-max)':>13} {'gz MB/s':>8} {'VHD MB/s':>9} {'peak RSS MiB':>13} {'CPU s':>6} {'CPU-s/GB':>9} {'vs peer':>8}")
 peer = med("peer")[0]
 for label in rows:
     if label.startswith("bound-"):
         continue
     m, rss, lo, hi = med(label)
-    print(f"{label:<20} {m:9.2f} {f'({lo:.2f}-{hi:.2f})':>13} {tgz/m/1e6:8.1f} {vhd/m/1e6:9.1f} {rss:13.1f} {cpu(label):6.2f} {peer/m:7.2f}x")
+    print(f"{label:<20} {m:9.2f} {f'({lo:.2f}-{hi:.2f})':>13} {tgz/m/1e6:8.1f} {vhd/m/1e6:9.1f} {rss:13.1f} {cpu(label):6.2f} {cpu(label)/(vhd/1e9):9.2f} {peer/m:7.2f}x")
 print()
 print("machine bounds (input cached):")
 names = {"bound-gzip-dc": "gzip -dc image.tgz > /dev/null (single-thread inflate)",

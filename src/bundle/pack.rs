@@ -20,11 +20,14 @@ use crate::stream::DropBehind;
 pub struct PackOptions {
     /// gzip level, 1–9 (see [`level`]).
     pub level: u32,
-    /// Compression threads; the number of cores by default.
+    /// Compression threads; the number of cores by default (the plugin's; the CLI
+    /// leaves dom0 room, `cli::args::default_threads`).
     pub threads: usize,
 }
 
-/// GNU gzip's default level, and the old plugins'.
+/// GNU gzip's default level, and the old plugins': the plugin's level when the image
+/// has no [`LEVEL_PROPERTY`] (Nova's semantics). The CLI has its own default
+/// (`cli::args::DEFAULT_LEVEL`), chosen for dom0's CPUs.
 pub const DEFAULT_LEVEL: u32 = 6;
 
 /// The image property Nova sets from `xenapi_image_compression_level`.
@@ -43,20 +46,25 @@ impl Default for PackOptions {
 
 /// The gzip level for an upload, the same rule for the CLI and the plugin: an explicit
 /// level (`--compression-level`, already 1–9), else the image property
-/// [`LEVEL_PROPERTY`], else [`DEFAULT_LEVEL`]. A property that is not 1–9 keeps the
-/// default and comes back as a warning for the caller to log, as the old plugin did.
-pub fn level(explicit: Option<u32>, properties: &[(String, String)]) -> (u32, Option<String>) {
+/// [`LEVEL_PROPERTY`], else `default` (the plugin's is [`DEFAULT_LEVEL`], Nova's; the
+/// CLI's its own). A property that is not 1–9 keeps `default` and comes back as a
+/// warning for the caller to log, as the old plugin did.
+pub fn level(
+    explicit: Option<u32>,
+    properties: &[(String, String)],
+    default: u32,
+) -> (u32, Option<String>) {
     if let Some(l) = explicit {
         return (l, None);
     }
     match properties.iter().find(|(k, _)| k == LEVEL_PROPERTY) {
-        None => (DEFAULT_LEVEL, None),
+        None => (default, None),
         Some((_, v)) => match v.parse::<u32>() {
             Ok(l) if (1..=9).contains(&l) => (l, None),
             _ => (
-                DEFAULT_LEVEL,
+                default,
                 Some(format!(
-                    "{LEVEL_PROPERTY} {v:?} is not 1-9; using {DEFAULT_LEVEL}"
+                    "{LEVEL_PROPERTY} {v:?} is not 1-9; using {default}"
                 )),
             ),
         },
@@ -419,13 +427,17 @@ mod tests {
     #[test]
     fn level_rule() {
         let props = |v: &str| vec![(LEVEL_PROPERTY.to_string(), v.to_string())];
-        assert_eq!(level(Some(2), &props("9")), (2, None));
-        assert_eq!(level(None, &props("9")), (9, None));
-        assert_eq!(level(None, &[]), (DEFAULT_LEVEL, None));
-        for bad in ["0", "10", "fast", ""] {
-            let (l, warning) = level(None, &props(bad));
-            assert_eq!(l, DEFAULT_LEVEL);
-            assert!(warning.unwrap().contains("is not 1-9"), "{bad}");
+        for default in [DEFAULT_LEVEL, 3] {
+            assert_eq!(level(Some(2), &props("9"), default), (2, None));
+            assert_eq!(level(None, &props("9"), default), (9, None));
+            assert_eq!(level(None, &[], default), (default, None));
+            for bad in ["0", "10", "fast", ""] {
+                let (l, warning) = level(None, &props(bad), default);
+                assert_eq!(l, default);
+                let warning = warning.unwrap();
+                assert!(warning.contains("is not 1-9"), "{bad}");
+                assert!(warning.ends_with(&format!("using {default}")), "{warning}");
+            }
         }
     }
 }

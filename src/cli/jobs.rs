@@ -25,6 +25,29 @@ use crate::sr::{ChainSpec, JobLock};
 use crate::store::{Digests, Expected, Location, Source, Target};
 use crate::transfer::{self, ImportOptions, Transfer, Uploader};
 
+/// `upload`'s gzip level when neither `--compression-level` nor the image property
+/// says, chosen from `make bench` (README "Compression defaults"): no zlib-rs level
+/// reaches 3 CPU-s per GB of VHD. Level 3 is +6 % against gzip -6's size at two thirds
+/// of level 6's CPU; level 2 saves another 7 % of CPU but is +9.7 %, too near the 10 %
+/// bound to hold on other images; level 1 is +31 %. The plugin keeps Nova's semantics
+/// ([`crate::bundle::pack::DEFAULT_LEVEL`], 6).
+pub(super) const DEFAULT_LEVEL: u32 = 3;
+
+/// Most compressor threads `upload` starts without `--threads`.
+const MAX_DEFAULT_THREADS: usize = 4;
+
+/// `upload`'s compressor threads without `--threads`: half the cores, at least 1, at
+/// most [`MAX_DEFAULT_THREADS`]. dom0's few vCPUs run every guest's blkback/tapdisk and
+/// netback: an upload on all of them is felt by every VM on the host, while the half
+/// left over keeps them served. The CPU-seconds an upload costs do not depend on the
+/// thread count, only how fast it is spent; a nightly job has hours, and four threads
+/// at level 3 already move a few hundred MB/s of VHD (more than a nightly upload
+/// needs, and more CPU than a dom0 of 8–16 vCPUs should lend one job).
+fn default_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).clamp(1, MAX_DEFAULT_THREADS)
+}
+
 #[derive(Debug, serde::Serialize)]
 struct Summary {
     /// The Glance image, when the store is Glance.
@@ -37,7 +60,9 @@ struct Summary {
     seconds: f64,
     bytes_per_second: u64,
     md5: String,
-    sha512: String,
+    /// `None` (JSON null) where it was not computed: a download from a Glance whose
+    /// record declares no SHA-512 ([`crate::store::Source::hashes_sha512`]).
+    sha512: Option<String>,
 }
 
 impl Summary {
@@ -418,16 +443,21 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
             "--image-id (a queued image) or --create --name is required with an http(s) endpoint",
         ));
     }
-    let (level, warning) = pack::level(a.compression_level, &a.properties);
+    let (level, warning) = pack::level(a.compression_level, &a.properties, DEFAULT_LEVEL);
     if let Some(w) = warning {
         say(0, &format!("warning: {w}"));
     }
     let pack = PackOptions {
         level,
-        threads: a
-            .threads
-            .map_or(PackOptions::default().threads, |t| t as usize),
+        threads: a.threads.map_or_else(default_threads, |t| t as usize),
     };
+    say(
+        1,
+        &format!(
+            "gzip level {}, {} compressor threads",
+            pack.level, pack.threads
+        ),
+    );
     let spec = match &a.leaf {
         Some(l) => ChainSpec::Leaf(l.to_string()),
         None => ChainSpec::Vdis(a.vdi.iter().map(|u| u.to_string()).collect()),
@@ -499,6 +529,7 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
             "vdis": up.uuids,
             "members": up.members,
             "flattened": a.flatten,
+            "compression": {"level": pack.level, "threads": pack.threads},
             "stream": up.stream,
             "summary": summary,
         }));

@@ -64,9 +64,13 @@ pub fn download(source: &Source, opts: &ImportOptions) -> Result<Downloaded> {
     if let (Some(p), Some(size)) = (&opts.transfer.progress, expected.size) {
         p.set_total(size);
     }
-    // The network read and both hashes run on their own thread, ahead of the inflate.
+    // The network read and the hashes run on their own thread, ahead of the inflate;
+    // SHA-512 only where it is compared or shown (`Source::hashes_sha512`).
     let body = opts.transfer.timed(body, start, expected.size, "download");
-    let mut body = Prefetch::new(HashingReader::new(opts.transfer.counted_wire(body)));
+    let mut body = Prefetch::new(HashingReader::new(
+        opts.transfer.counted_wire(body),
+        source.hashes_sha512(&expected),
+    ));
     let limits = Limits {
         free_space: import.free_space()?,
         // One UUID per VHD: the member beyond them is refused before it is written.

@@ -23,6 +23,7 @@ mod glance_v2;
 mod hardening;
 mod hygiene;
 mod keystone;
+mod levels;
 mod link_errors;
 mod openstack_stack;
 mod peers;

@@ -564,7 +564,8 @@ impl UploadArgs {
                 .map_err(|rule| CallError::Argument(format!("properties: {rule}")))?;
         }
         // Nova's `xenapi_image_compression_level`; anything but 1–9 keeps GNU gzip's 6.
-        let (level, warning) = crate::bundle::pack::level(None, &properties);
+        let (level, warning) =
+            crate::bundle::pack::level(None, &properties, crate::bundle::pack::DEFAULT_LEVEL);
         if let Some(w) = warning {
             log::warn(&w);
         }
