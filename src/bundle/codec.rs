@@ -31,6 +31,15 @@ impl Engine {
     }
 }
 
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Isal => "ISA-L igzip",
+            Engine::ZlibRs => "zlib-rs",
+        })
+    }
+}
+
 /// One worker's deflate state, reused block after block: a fresh one would allocate (and
 /// musl map and unmap) a few hundred KiB of window and hash tables every time.
 pub struct BlockDeflater {
@@ -45,8 +54,13 @@ enum Inner {
 impl BlockDeflater {
     /// A deflater for `level` (1–9, clamped) on the engine [`Engine::for_level`] picks.
     pub fn new(level: u32) -> BlockDeflater {
+        BlockDeflater::with_engine(Engine::for_level(level), level)
+    }
+
+    /// A deflater on a given engine (to compare them); ISA-L clamps levels above its 3.
+    pub fn with_engine(engine: Engine, level: u32) -> BlockDeflater {
         let level = level.clamp(1, 9);
-        let inner = match Engine::for_level(level) {
+        let inner = match engine {
             Engine::Isal => Inner::Isal(isal::Deflater::new(level)),
             Engine::ZlibRs => Inner::Zlib(Compress::new(Compression::new(level), false)),
         };
@@ -175,7 +189,8 @@ mod isal {
                 // SAFETY: right after a reset the stream accepts a dictionary; ISA-L
                 // copies `d.len()` bytes out of `d` (it never writes through the pointer,
                 // which is `*mut` only in the C prototype).
-                let rc = unsafe { sys::isal_deflate_set_dict(s, d.as_ptr().cast_mut(), d.len() as u32) };
+                let rc =
+                    unsafe { sys::isal_deflate_set_dict(s, d.as_ptr().cast_mut(), d.len() as u32) };
                 if rc != sys::COMP_OK as i32 {
                     return Err(io::Error::other(format!(
                         "ISA-L refused the deflate dictionary (code {rc})"
@@ -204,7 +219,9 @@ mod isal {
                 // stream and its level buffer are valid and exclusively ours.
                 let rc = unsafe { sys::isal_deflate(s) };
                 if rc != sys::COMP_OK as i32 {
-                    return Err(io::Error::other(format!("ISA-L deflate failed (code {rc})")));
+                    return Err(io::Error::other(format!(
+                        "ISA-L deflate failed (code {rc})"
+                    )));
                 }
                 let written = (room - s.avail_out) as usize;
                 // SAFETY: ISA-L initialised exactly `written` bytes of the spare capacity.
@@ -274,7 +291,11 @@ mod tests {
                 .read_to_end(&mut back)
                 .unwrap();
             assert!(back == data, "level {level}: round trip differs");
-            assert!(out.len() < data.len() * 7 / 10, "level {level}: {} bytes", out.len());
+            assert!(
+                out.len() < data.len() * 7 / 10,
+                "level {level}: {} bytes",
+                out.len()
+            );
         }
     }
 
@@ -295,7 +316,11 @@ mod tests {
             d.deflate(Some(&noise), &noise, true, &mut primed).unwrap();
             let mut cold = Vec::new();
             d.deflate(None, &noise, true, &mut cold).unwrap();
-            assert!(primed.len() < 2048, "level {level}: primed {}", primed.len());
+            assert!(
+                primed.len() < 2048,
+                "level {level}: primed {}",
+                primed.len()
+            );
             assert!(cold.len() > 30_000, "level {level}: cold {}", cold.len());
             // The primed block decodes after a stream that produced the dictionary: the
             // dictionary's own (sync-flushed) deflate, then the block.
