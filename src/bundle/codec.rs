@@ -146,10 +146,17 @@ mod isal {
     impl Deflater {
         pub fn new(level: u32) -> Deflater {
             let level = level.clamp(1, sys::ISAL_DEF_MAX_LEVEL);
-            // SAFETY: isal_zstream is a C struct of integers, arrays and raw pointers, for
-            // which all-zero bytes are a valid value; isal_deflate_init then sets every
-            // field isal_deflate reads before its first call.
-            let mut stream: Box<sys::isal_zstream> = unsafe { Box::new_zeroed().assume_init() };
+            // Zeroed on the heap (Box::new_zeroed needs a newer Rust than ours).
+            let layout = std::alloc::Layout::new::<sys::isal_zstream>();
+            // SAFETY: the layout is isal_zstream's, which is not zero-sized.
+            let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<sys::isal_zstream>();
+            if p.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            // SAFETY: `p` comes from the global allocator with isal_zstream's layout, and
+            // all-zero bytes are a valid isal_zstream (a C struct of integers, arrays and
+            // raw pointers); isal_deflate_init then sets every field isal_deflate reads.
+            let mut stream = unsafe { Box::from_raw(p) };
             // SAFETY: `stream` is a valid, exclusively borrowed isal_zstream.
             unsafe { sys::isal_deflate_init(&mut *stream) };
             // The "default" (large) size: the smaller ones trade ratio for cache.
