@@ -170,7 +170,8 @@ impl<W: Write> Write for ParGzWriter<W> {
 }
 
 fn worker(jobs: Arc<Mutex<Receiver<Job>>>, level: u32) {
-    // One deflate state per worker, reset per block (the engine is the level's: codec).
+    // One deflater per worker: the level picks its engine, and codec decides what it
+    // keeps between blocks.
     let mut d = BlockDeflater::new(level);
     loop {
         let job = match jobs.lock() {
