@@ -1,7 +1,7 @@
 //! The deflate engines behind [`super::pargz`], and the one place a level picks its engine.
 //!
 //! Levels 1–3 go to ISA-L's igzip: on 512 KiB blocks of the bench image, one thread, it
-//! deflates at 483/467/284 MB/s where zlib-rs does 254/139/116, at ratios 0.371/0.367/0.361
+//! deflates at 565/538/295 MB/s where zlib-rs does 256/141/122, at ratios 0.371/0.367/0.361
 //! against zlib-rs's 0.426/0.358/0.345 (README "Performance"). ISA-L stops at its level
 //! 3, so levels 4–9 stay on zlib-rs, where the ratio is what the level asks for. Both engines make the same thing of a block: raw deflate primed with the
 //! previous block's last 32 KiB as dictionary, ended with a sync flush (byte-aligned, not
