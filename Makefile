@@ -20,6 +20,9 @@ export CC_x86_64_unknown_linux_musl := musl-gcc
 setup: $(VENV)/.peers glance openstack
 	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
 	@command -v musl-gcc >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq musl-tools; }
+# isal-sys builds ISA-L (levels 1-3) from source: autogen.sh, configure, nasm for its assembly.
+	@command -v nasm >/dev/null && command -v autoreconf >/dev/null && command -v automake >/dev/null && command -v libtoolize >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nasm autoconf automake libtool; }
 	@command -v qemu-img >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq qemu-utils; }
 	@command -v strace >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq strace; }
 	@command -v openssl >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq openssl; }

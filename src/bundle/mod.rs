@@ -15,6 +15,7 @@
 //! BAT entry or locator near the top of the range) allows that much, and non-zero
 //! filler up to it is limited only by the free space.
 
+pub mod codec;
 pub mod pack;
 pub mod pargz;
 

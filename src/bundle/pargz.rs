@@ -7,7 +7,8 @@
 //! it byte-aligned and not final; the last block is finished instead. Their
 //! concatenation is one valid deflate stream. The CRC-32 of each block is combined in
 //! order. Readers (`gzip -d`, GNU tar, Python `tarfile` in `r|gz` mode) see a plain
-//! single-member gzip file.
+//! single-member gzip file. Which deflate engine makes the blocks is the level's
+//! ([`super::codec`]: ISA-L for 1–3, zlib-rs for 4–9).
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -15,7 +16,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use flate2::{Compress, Compression, FlushCompress, Status};
+use super::codec::BlockDeflater;
 
 const BLOCK: usize = 512 << 10;
 const DICT: usize = 32 << 10;
@@ -169,9 +170,9 @@ impl<W: Write> Write for ParGzWriter<W> {
 }
 
 fn worker(jobs: Arc<Mutex<Receiver<Job>>>, level: u32) {
-    // One deflate state per worker, reset per block: a fresh one allocates (and musl
-    // maps and unmaps) a few hundred KiB of window and hash tables every time.
-    let mut c = Compress::new(Compression::new(level), false);
+    // One deflater per worker: the level picks its engine, and codec decides what it
+    // keeps between blocks.
+    let mut d = BlockDeflater::new(level);
     loop {
         let job = match jobs.lock() {
             Ok(rx) => match rx.recv() {
@@ -181,40 +182,15 @@ fn worker(jobs: Arc<Mutex<Receiver<Job>>>, level: u32) {
             Err(_) => return,
         };
         let reply = job.reply.clone();
-        c.reset();
-        let _ = reply.send(deflate_block(&mut c, job));
+        let _ = reply.send(deflate_block(&mut d, job));
     }
 }
 
-fn deflate_block(c: &mut Compress, job: Job) -> io::Result<Done> {
-    if let Some(d) = &job.dict {
-        c.set_dictionary(d).map_err(io::Error::other)?;
-    }
-    let flush = if job.last {
-        FlushCompress::Finish
-    } else {
-        FlushCompress::Sync
-    };
-    let input = &job.input;
+fn deflate_block(d: &mut BlockDeflater, job: Job) -> io::Result<Done> {
     let mut out = job.output;
-    out.reserve(input.len() + input.len() / 8 + 1024);
-    loop {
-        if out.capacity() - out.len() < 1024 {
-            out.reserve(out.capacity());
-        }
-        let status = c
-            .compress_vec(&input[c.total_in() as usize..], &mut out, flush)
-            .map_err(io::Error::other)?;
-        let consumed = c.total_in() as usize == input.len();
-        match (job.last, status) {
-            (true, Status::StreamEnd) => break,
-            // A sync flush is complete once all input is in and deflate left room.
-            (false, _) if consumed && out.len() < out.capacity() => break,
-            _ => {}
-        }
-    }
+    d.deflate(job.dict.as_deref(), &job.input, job.last, &mut out)?;
     let mut crc = crc32fast::Hasher::new();
-    crc.update(input);
+    crc.update(&job.input);
     Ok(Done {
         output: out,
         input: job.input,
@@ -225,6 +201,7 @@ fn deflate_block(c: &mut Compress, job: Job) -> io::Result<Done> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flate2::Compression;
     use std::io::Read;
 
     fn roundtrip(data: &[u8], level: u32, threads: usize) {

@@ -13,6 +13,7 @@ use std::io;
 use std::path::Path;
 
 use super::{Result, Transfer, TransferError};
+use crate::bundle::codec::Engine;
 use crate::bundle::pack::{self, PackOptions};
 use crate::sr::{self, ChainSpec, Exported};
 use crate::store::{Digests, HashingReader, StoreError, Target};
@@ -144,6 +145,12 @@ fn send(
         "staged {} VHDs for upload in {}",
         exported.members.len(),
         exported.staging.path().display()
+    ));
+    crate::log::step(&format!(
+        "gzip level {} ({}) on {} compressor threads",
+        pack.level,
+        Engine::for_level(pack.level),
+        pack.threads
     ));
     // Laid out before the store hears of the attempt, as the chain is checked.
     let flat = match flatten.then(|| plan_flat(&exported)).transpose() {

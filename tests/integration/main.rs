@@ -22,6 +22,7 @@ mod fuzz_fixtures;
 mod glance_v2;
 mod hardening;
 mod hygiene;
+mod isal;
 mod keystone;
 mod levels;
 mod link_errors;
