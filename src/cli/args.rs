@@ -34,9 +34,13 @@ const TOP_HELP: &str = concat!(
       --create --name nightly-web
   glance-vhd vhd check --parents /var/run/sr-mount/$SR/$VDI.vhd
 
-Environment:
-  OS_IMAGE_URL   default --endpoint (the Glance endpoint, e.g. https://glance:9292)
-  OS_AUTH_TOKEN  default --token (sent as X-Auth-Token)
+Environment (the README, section Signing in):
+  OS_CLOUD       a cloud of clouds.yaml to sign in with (default --os-cloud)
+  OS_AUTH_URL, OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME, OS_*_DOMAIN_NAME,
+  OS_APPLICATION_CREDENTIAL_ID/_SECRET, OS_REGION_NAME, OS_INTERFACE
+                 a Keystone v3 sign-in; the image endpoint comes from the catalog
+  OS_IMAGE_URL   default --endpoint (overrides the catalog)
+  OS_AUTH_TOKEN  default --token (a fixed token, sent as X-Auth-Token)
   OS_CACERT      default --cacert
 
 ",
@@ -72,9 +76,8 @@ pub enum Command {
     /// Import an image (a gzipped tarball of VHDs) into a file SR
     #[command(after_help = concat!(
         "Examples:
-  export OS_IMAGE_URL=https://glance.example:9292
-  export OS_AUTH_TOKEN=$(openstack token issue -f value -c id)
-  glance-vhd download --image-id $IMAGE --sr-path /var/run/sr-mount/$SR
+  export OS_CLOUD=nightly        # ~/.config/openstack/clouds.yaml (README: Signing in)
+  glance-vhd download --image-id $IMAGE --sr $SR
   glance-vhd download --endpoint http://glance1:9292 --endpoint http://glance2:9292 \\
       --retries 5 --image-id $IMAGE --sr-path /var/run/sr-mount/$SR \\
       --rate-limit 50M --nice --json
