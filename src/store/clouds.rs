@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::keystone::{Domain, Method, Named, Secret, SignIn};
@@ -118,8 +118,9 @@ pub fn resolve(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Ac
                         .join(", ")
                 )
             })?;
-        let mut c = cloud_in(&clouds, &clouds_path, name)?;
+        let c = cloud_in(&clouds, &clouds_path, name)?;
         flatten(&c, "", &mut flat);
+        let mut profile = c.get("profile").is_some();
         let mut secret_files = Vec::new();
         if holds_secret(&flat) {
             secret_files.push(clouds_path.clone());
@@ -131,8 +132,9 @@ pub fn resolve(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Ac
                 if holds_secret(&sflat) {
                     secret_files.push(secure_path.clone());
                 }
+                // Key by key over the cloud's: the flat map is all the rest reads.
                 flat.extend(sflat);
-                merge(&mut c, s);
+                profile |= s.get("profile").is_some();
             }
         }
         for f in secret_files {
@@ -141,7 +143,7 @@ pub fn resolve(given: &Given, env: &dyn Fn(&str) -> Option<String>) -> Result<Ac
             }
         }
         access.origin = format!("cloud {name:?} in {}", clouds_path.display());
-        if c.get("profile").is_some() {
+        if profile {
             return Err(format!(
                 "cloud {name:?} in {}: vendor profiles (profile:) are not supported; give auth_url and the rest in the cloud",
                 clouds_path.display()
@@ -346,11 +348,19 @@ fn find_file(
 /// the tool runs from (a `/tmp` where any user can plant one).
 fn load(path: &Path, what: &str) -> Result<serde_json::Value, String> {
     let shown = path.display();
-    let f =
-        std::fs::File::open(path).map_err(|e| format!("{what} ({shown}): cannot read it: {e}"))?;
+    // O_NONBLOCK: a FIFO planted under the name must not hang the job in open(2); it
+    // is refused below with anything else that is not a regular file.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("{what} ({shown}): cannot read it: {e}"))?;
     let meta = f
         .metadata()
         .map_err(|e| format!("{shown}: cannot read it: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown}: not a regular file"));
+    }
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(format!(
@@ -426,18 +436,6 @@ fn flatten(v: &serde_json::Value, prefix: &str, out: &mut BTreeMap<String, Strin
             }
             _ => {}
         }
-    }
-}
-
-/// `secure.yaml` over `clouds.yaml`, mapping by mapping.
-fn merge(base: &mut serde_json::Value, over: &serde_json::Value) {
-    match (base, over) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
-            for (k, v) in o {
-                merge(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (b, o) => *b = o.clone(),
     }
 }
 
