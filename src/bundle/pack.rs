@@ -6,14 +6,13 @@
 //! --flatten`: `./0.vhd` made from the chain), under the same rules.
 
 use std::fs::File;
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::pargz::ParGzWriter;
 use crate::progress::{Counting, Progress};
-use crate::stream::DropBehind;
 
 /// What to compress with.
 #[derive(Debug, Clone, Copy)]
@@ -118,10 +117,9 @@ pub fn pack_with<W: Write>(
         if meta.len() != m.size {
             return Err(changed(m, &format!("is {} bytes now", meta.len())));
         }
-        let mut file = m.file.try_clone()?;
-        // The caller's checks read with pread; the stream starts at byte 0 whatever
-        // the shared offset is.
-        file.seek(SeekFrom::Start(0))?;
+        // From byte 0 (the caller's checks read with pread, whatever the offset is),
+        // past the page cache where the file system allows.
+        let file = crate::stream::direct::sequential(m.file)?;
         let h = file_header(&meta, meta.mtime().max(0) as u64, m.size, m.name)?;
         if let Some(p) = &progress {
             p.set_member(m.name);
@@ -129,14 +127,11 @@ pub fn pack_with<W: Write>(
         // The size in the header is a promise: a file that changes length or footer
         // while we read it makes `append` fail rather than produce a corrupt archive,
         // and a failed producer leaves the stream without its end.
-        tar.append(
+        append(
+            &mut tar,
             &h,
             Exact {
-                // Large reads: tar copies in 8 KiB pieces, the disk likes megabytes.
-                inner: Counting::new(
-                    io::BufReader::with_capacity(1 << 20, DropBehind::new(file)),
-                    progress.clone(),
-                ),
+                inner: Counting::new(file, progress.clone()),
                 remaining: m.size,
                 seen: vec![0; m.tail.len()],
                 member: m,
@@ -185,6 +180,23 @@ fn begin<W: Write>(
     dir.set_cksum();
     tar.append(&dir, io::empty())?;
     Ok(tar)
+}
+
+/// `tar::Builder::append` without its copy: the header, then `data` read to its end
+/// straight into the gzip blocks ([`ParGzWriter::read_from`]), then the padding to 512
+/// bytes. `data` ([`Exact`], [`Made`]) yields exactly the header's size or fails.
+fn append<W: Write>(
+    tar: &mut tar::Builder<ParGzWriter<W>>,
+    h: &tar::Header,
+    mut data: impl io::Read,
+) -> io::Result<()> {
+    // The builder keeps no state between members but whether it finished: writing a
+    // member through it by hand is what `append` does itself.
+    let gz = tar.get_mut();
+    gz.write_all(h.as_bytes())?;
+    let len = gz.read_from(&mut data)?;
+    let pad = (512 - len % 512) % 512;
+    gz.write_all(&[0u8; 512][..pad as usize])
 }
 
 /// A regular member `./name` of `size` bytes with `meta`'s mode and owner.
@@ -244,7 +256,8 @@ pub fn pack_generated_with<W: Write, R: io::Read>(
     }
     let mut tar = begin(out, opts, newest)?;
     let h = file_header(&meta, newest, image.size, image.name)?;
-    tar.append(
+    append(
+        &mut tar,
         &h,
         Made {
             inner: Counting::new(image.data, progress),

@@ -469,7 +469,7 @@ pub struct UploadArgs {
     pub properties: Vec<(String, String)>,
     // The defaults: `jobs::DEFAULT_LEVEL`, `jobs::default_threads`.
     /// gzip level 1-9 (default: the property xenapi_image_compression_level if it is
-    /// 1-9, else 3 — cheaper on dom0's CPUs than gzip's 6 for a slightly larger image;
+    /// 1-9, else 2 — cheaper on dom0's CPUs than gzip's 6 for a slightly larger image;
     /// README "Performance". The xapi plugin keeps Nova's 6)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub compression_level: Option<u32>,

@@ -26,12 +26,12 @@ use crate::store::{Digests, Expected, Location, Source, Target};
 use crate::transfer::{self, ImportOptions, Transfer, Uploader};
 
 /// `upload`'s gzip level when neither `--compression-level` nor the image property
-/// says, chosen from `make bench` (README "Compression defaults"): no zlib-rs level
-/// reaches 3 CPU-s per GB of VHD. Level 3 is +6 % against gzip -6's size at two thirds
-/// of level 6's CPU; level 2 saves another 7 % of CPU but is +9.7 %, too near the 10 %
-/// bound to hold on other images; level 1 is +31 %. The plugin keeps Nova's semantics
-/// ([`crate::bundle::pack::DEFAULT_LEVEL`], 6).
-pub(super) const DEFAULT_LEVEL: u32 = 3;
+/// says, chosen from `make bench` (README "Compression defaults"). No level reaches
+/// both dom0 bounds (3 CPU-s per GB of VHD, +10 % size against gzip -6): ISA-L level 2
+/// is the cheapest, 3.7 CPU-s/GB at +11.0 %; level 3 is +9.4 % but costs 40 % more CPU
+/// to send 1.4 % fewer bytes, and level 1 saves no CPU we could measure for +1.2 %.
+/// The plugin keeps Nova's semantics ([`crate::bundle::pack::DEFAULT_LEVEL`], 6).
+pub(super) const DEFAULT_LEVEL: u32 = 2;
 
 /// Most compressor threads `upload` starts without `--threads`.
 const MAX_DEFAULT_THREADS: usize = 4;
@@ -41,7 +41,7 @@ const MAX_DEFAULT_THREADS: usize = 4;
 /// netback: an upload on all of them is felt by every VM on the host, while the half
 /// left over keeps them served. The CPU-seconds an upload costs do not depend on the
 /// thread count, only how fast it is spent; a nightly job has hours, and four threads
-/// at level 3 already move a few hundred MB/s of VHD (more than a nightly upload
+/// at level 2 already move a few hundred MB/s of VHD (more than a nightly upload
 /// needs, and more CPU than a dom0 of 8–16 vCPUs should lend one job).
 fn default_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -222,10 +222,9 @@ fn send(
         // sent; the gzipped stream is smaller.
         let chain_bytes = members.iter().map(|m| m.size).sum::<u64>();
         let reader = transfer.timed(reader, start, Some(chain_bytes), "upload");
-        // SHA-512 too: Glance picks its os_hash_algo when the data arrives, so what the
-        // record will declare is unknown until then (and it hashes the gzipped bytes,
-        // about a third of the VHD's).
-        let mut body = HashingReader::new(transfer.limited(reader), true);
+        // MD5 always (compared with Glance's `checksum`); SHA-512 only for a local
+        // target's summary (`Target::hashes_sha512`).
+        let mut body = HashingReader::new(transfer.limited(reader), target.hashes_sha512());
         let sent = target.send(&mut body).map(|rec| (rec, body.digests()));
         let handed_over = body.at_eof().then(|| uploaded(body.digests()));
         // Let the producer see a closed pipe before waiting for it.

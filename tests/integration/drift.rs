@@ -107,7 +107,7 @@ fn a_bad_compression_level_property_is_warned_about() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         // The CLI's own default level (issue 15; the plugin keeps Nova's 6).
-        stderr(&o).contains("warning: xenapi_image_compression_level \"fast\" is not 1-9; using 3"),
+        stderr(&o).contains("warning: xenapi_image_compression_level \"fast\" is not 1-9; using 2"),
         "{}",
         stderr(&o)
     );

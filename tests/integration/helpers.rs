@@ -354,12 +354,19 @@ pub fn stderr(o: &Output) -> String {
 /// SHA-256 of a file by `sha256sum`: the in-process sha2 is unoptimised in test builds
 /// and takes a third of a second per 8 MiB.
 pub fn sha256_file(p: &Path) -> String {
-    let o = Command::new("sha256sum")
-        .arg(p)
-        .output()
-        .expect("sha256sum");
-    assert!(o.status.success(), "sha256sum {}", p.display());
-    stdout(&o)[..64].to_string()
+    sum_file("sha256sum", p)
+}
+
+/// The hex digest of a file by coreutils' `TOOL` (`md5sum`, `sha512sum`…): an
+/// independent hasher, not ours.
+pub fn sum_file(tool: &str, p: &Path) -> String {
+    let o = Command::new(tool).arg(p).output().expect(tool);
+    assert!(o.status.success(), "{tool} {}", p.display());
+    stdout(&o)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// SHA-256 of bytes by `sha256sum` (see [`sha256_file`]).

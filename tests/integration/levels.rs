@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use serde_json::{json, Value};
 
 /// What `upload --help` documents and the CLI uses without `--compression-level`.
-const CLI_DEFAULT_LEVEL: u64 = 3;
+const CLI_DEFAULT_LEVEL: u64 = 2;
 
 const UUIDS: [&str; 3] = [
     "dddddddd-0000-4000-8000-000000000001",

@@ -9,6 +9,8 @@
 //!   full of zeros (a fixed VHD, or a bomb) takes no room in the SR.
 //! * [`DropBehind`]: a file reader that drops what it has read from the page cache, so
 //!   an upload of a multi-GiB VHD does not evict dom0's working set.
+//! * [`direct::sequential`]: a file reader that bypasses the page cache with
+//!   `O_DIRECT` (the upload's VHDs), or drops behind where that is refused.
 //! * [`pipe`]: a bounded pipe from a producer thread (tar + gzip) to the consumer (the
 //!   HTTP body) whose reader never takes a failed or vanished writer for end of stream.
 //! * [`RateLimited`]: a reader held to a byte rate (`--rate-limit`), for daytime runs
@@ -24,6 +26,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+
+pub mod direct;
 
 /// Chunks in flight between the reading thread and the consumer.
 const PREFETCH_DEPTH: usize = 4;
