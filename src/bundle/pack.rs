@@ -6,13 +6,14 @@
 //! --flatten`: `./0.vhd` made from the chain), under the same rules.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::pargz::ParGzWriter;
 use crate::progress::{Counting, Progress};
+use crate::stream::DropBehind;
 
 /// What to compress with.
 #[derive(Debug, Clone, Copy)]
@@ -117,9 +118,10 @@ pub fn pack_with<W: Write>(
         if meta.len() != m.size {
             return Err(changed(m, &format!("is {} bytes now", meta.len())));
         }
-        // From byte 0 (the caller's checks read with pread, whatever the offset is),
-        // past the page cache where the file system allows.
-        let file = crate::stream::direct::sequential(m.file)?;
+        let mut file = m.file.try_clone()?;
+        // The caller's checks read with pread; the stream starts at byte 0 whatever
+        // the shared offset is.
+        file.seek(SeekFrom::Start(0))?;
         let h = file_header(&meta, meta.mtime().max(0) as u64, m.size, m.name)?;
         if let Some(p) = &progress {
             p.set_member(m.name);
@@ -131,7 +133,9 @@ pub fn pack_with<W: Write>(
             &mut tar,
             &h,
             Exact {
-                inner: Counting::new(file, progress.clone()),
+                // Read straight into the gzip blocks, up to 512 KiB at a time
+                // (`ParGzWriter::read_from`), behind the kernel's readahead.
+                inner: Counting::new(DropBehind::new(file), progress.clone()),
                 remaining: m.size,
                 seen: vec![0; m.tail.len()],
                 member: m,
