@@ -290,7 +290,6 @@ impl<R: io::Read> io::Read for Made<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.remaining == 0 {
             if !self.checked {
-                self.checked = true;
                 let mut more = [0u8; 1];
                 if self.inner.read(&mut more)? != 0 {
                     return Err(io::Error::other(format!(
@@ -301,6 +300,9 @@ impl<R: io::Read> io::Read for Made<'_, R> {
                 for m in self.sources {
                     unchanged(m)?;
                 }
+                // Only once they passed: a caller that retries an `Interrupted` error
+                // (as `read_from` does) must not find the checks skipped.
+                self.checked = true;
             }
             return Ok(0);
         }
@@ -382,10 +384,11 @@ impl<R: io::Read> io::Read for Exact<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.remaining == 0 {
             if !self.checked {
-                // tar reads to end-of-file before it pads the member: the checks come
-                // before anything after this member is written.
-                self.checked = true;
+                // `append` reads to end-of-file before it pads the member: the checks
+                // come before anything after this member is written, and count as done
+                // only once they passed (see `Made`).
                 self.check_end()?;
+                self.checked = true;
             }
             return Ok(0);
         }

@@ -61,7 +61,8 @@ struct Summary {
     bytes_per_second: u64,
     md5: String,
     /// `None` (JSON null) where it was not computed: a download from a Glance whose
-    /// record declares no SHA-512 ([`crate::store::Source::hashes_sha512`]).
+    /// record declares no SHA-512 ([`crate::store::Source::hashes_sha512`]), and any
+    /// upload to Glance ([`crate::store::Target::hashes_sha512`]).
     sha512: Option<String>,
 }
 

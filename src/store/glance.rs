@@ -389,6 +389,14 @@ impl Record {
 
 const JSON_PATCH: &str = "application/openstack-images-v2.1-json-patch";
 
+/// How long an image may stay `saving` before an upload gives up on it, and how often
+/// it is looked at meanwhile. Glance puts an image back to `queued` only once it has
+/// noticed that the body it was receiving broke, which may come after our retry asks
+/// (it did, 0.1 s after a cut, in `cli::retries`); an upload by another client ends
+/// `active` or `queued` too.
+const SAVING_WAIT: Duration = Duration::from_secs(30);
+const SAVING_POLL: Duration = Duration::from_millis(250);
+
 impl Glance {
     fn request(
         &self,
@@ -422,6 +430,26 @@ impl Glance {
     }
 
     /// The v2 image record (`GET /v2/images/{id}`).
+    /// The v2 record once it is not `saving` (at most [`SAVING_WAIT`]; then as it is).
+    fn settled_record(&self, image_id: &str) -> Result<Record, StoreError> {
+        let until = std::time::Instant::now() + SAVING_WAIT;
+        let mut said = false;
+        loop {
+            let rec = self.record(image_id)?;
+            if rec.status != "saving" || std::time::Instant::now() >= until {
+                return Ok(rec);
+            }
+            if !said {
+                crate::log::step(&format!(
+                    "image {image_id} is saving (an upload being undone or finished); waiting up to {} s",
+                    SAVING_WAIT.as_secs()
+                ));
+                said = true;
+            }
+            std::thread::sleep(SAVING_POLL);
+        }
+    }
+
     pub fn record(&self, image_id: &str) -> Result<Record, StoreError> {
         check_id(image_id)?;
         let url = self.url(&format!("v2/images/{image_id}"));
@@ -474,7 +502,7 @@ impl Glance {
             Api::V2 => {
                 // Status first: Glance refuses to PATCH formats of a non-queued image with
                 // a bare 403, and "image is active" is the message an admin needs.
-                let rec = self.record(image_id)?;
+                let rec = self.settled_record(image_id)?;
                 if rec.status != "queued" {
                     return Err(StoreError::NotQueued {
                         id: image_id.to_string(),

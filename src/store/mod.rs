@@ -638,7 +638,7 @@ pub struct HashingReader<R> {
 }
 
 /// The digests of a finished stream, lowercase hex. `sha512` is `None` when it was not
-/// computed ([`Source::hashes_sha512`]).
+/// computed ([`Source::hashes_sha512`], [`Target::hashes_sha512`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Digests {
     pub md5: String,
