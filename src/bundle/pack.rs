@@ -306,22 +306,35 @@ impl<R: io::Read> io::Read for Made<'_, R> {
             }
             return Ok(0);
         }
-        let want = buf
-            .len()
-            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{}: {} bytes short of the size its tar header promised",
-                    self.name, self.remaining
-                ),
-            ));
-        }
-        self.remaining -= n as u64;
-        Ok(n)
+        read_at_most(&mut self.inner, &mut self.remaining, buf, |left| {
+            format!(
+                "{}: {left} bytes short of the size its tar header promised",
+                self.name
+            )
+        })
     }
+}
+
+/// One read of at most `remaining` bytes into `buf`, counted off `remaining`; the end of
+/// `inner` before that is an `UnexpectedEof` error with `short(remaining)` as its message.
+fn read_at_most(
+    inner: &mut impl io::Read,
+    remaining: &mut u64,
+    buf: &mut [u8],
+    short: impl FnOnce(u64) -> String,
+) -> io::Result<usize> {
+    let want = buf
+        .len()
+        .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+    let n = inner.read(&mut buf[..want])?;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            short(*remaining),
+        ));
+    }
+    *remaining -= n as u64;
+    Ok(n)
 }
 
 /// A member is still what its caller checked: the same size, the same last bytes.
@@ -392,22 +405,15 @@ impl<R: io::Read> io::Read for Exact<'_, R> {
             }
             return Ok(0);
         }
-        let want = buf
-            .len()
-            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "{} shrank while it was being read",
-                    self.member.path.display()
-                ),
-            ));
-        }
-        // Keep what lands on the tail's offsets: [size - tail, size).
         let size = self.member.size;
         let pos = size - self.remaining;
+        let n = read_at_most(&mut self.inner, &mut self.remaining, buf, |_| {
+            format!(
+                "{} shrank while it was being read",
+                self.member.path.display()
+            )
+        })?;
+        // Keep what lands on the tail's offsets: [size - tail, size).
         let tail_at = size - self.seen.len() as u64;
         let end = pos + n as u64;
         if end > tail_at {
@@ -416,7 +422,6 @@ impl<R: io::Read> io::Read for Exact<'_, R> {
             let src = (from - pos) as usize..n;
             self.seen[dst].copy_from_slice(&buf[src]);
         }
-        self.remaining -= n as u64;
         Ok(n)
     }
 }
