@@ -14,6 +14,23 @@ use std::path::{Path, PathBuf};
 
 use nix::libc;
 
+/// Open `path` with `O_NONBLOCK` (and `O_CLOEXEC`, and `flags` such as `O_NOFOLLOW`), then
+/// clear `O_NONBLOCK`: a FIFO or device planted under the name cannot hang open(2), and
+/// the caller refuses anything that is not a regular file after an `fstat`. The open's
+/// own error is returned as is, for the caller to name.
+pub fn open_nonblocking(path: &Path, write: bool, flags: i32) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | flags)
+        .open(path)?;
+    nix::fcntl::fcntl(
+        &file,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )?;
+    Ok(file)
+}
+
 /// The step of [`write_atomically`] that failed, on which path. The wording of the
 /// steps is what the kernel calls have always reported.
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::keystone::{Domain, Method, Named, Secret, SignIn};
@@ -350,10 +350,7 @@ fn load(path: &Path, what: &str) -> Result<serde_json::Value, String> {
     let shown = path.display();
     // O_NONBLOCK: a FIFO planted under the name must not hang the job in open(2); it
     // is refused below with anything else that is not a regular file.
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-        .open(path)
+    let f = crate::fsutil::open_nonblocking(path, false, nix::libc::O_NOCTTY)
         .map_err(|e| format!("{what} ({shown}): cannot read it: {e}"))?;
     let meta = f
         .metadata()

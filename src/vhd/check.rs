@@ -111,11 +111,7 @@ fn check_one(
             "error reading primary footer: file is {size} bytes"
         )));
     }
-    let primary_at = if size % 512 == 511 {
-        size - 511
-    } else {
-        size - 512
-    };
+    let primary_at = super::primary_footer_at(size);
     let mut raw = [0u8; FOOTER_SIZE];
     let len = (size - primary_at) as usize;
     super::read_exact_at(&file, path, &mut raw[..len], primary_at, "read the footer")?;

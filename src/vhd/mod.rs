@@ -28,7 +28,7 @@ pub mod repair;
 #[cfg(test)]
 pub(crate) mod test_samples;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -127,12 +127,7 @@ impl Vhd {
                 "smaller than a VHD footer (512 bytes)",
             ));
         }
-        // Very old Microsoft tools wrote a 511-byte footer; blktap reads those too.
-        let primary_at = if file_size % 512 == 511 {
-            file_size - 511
-        } else {
-            file_size - 512
-        };
+        let primary_at = primary_footer_at(file_size);
         let mut raw = [0u8; FOOTER_SIZE];
         let len = (file_size - primary_at) as usize;
         read_exact_at(&file, path, &mut raw[..len], primary_at, "read the footer")?;
@@ -423,28 +418,23 @@ pub const LOCATOR_FIELDS: [&str; 8] = [
     "parent locator 7",
 ];
 
+/// Where blktap reads the primary footer of a file of `size` bytes: its last 512 bytes,
+/// or a 511-byte short footer (very old Microsoft tools wrote those); 0 for a file
+/// shorter than a footer.
+pub(crate) fn primary_footer_at(size: u64) -> u64 {
+    if size % 512 == 511 {
+        size - 511
+    } else {
+        size.saturating_sub(FOOTER_SIZE as u64)
+    }
+}
+
 /// Open `path` for reading (and writing if `write`) without ever blocking in open(2):
 /// a FIFO planted where a VHD, or a parent a locator names, should be would wait for a
 /// writer forever. `O_NONBLOCK` changes nothing for files and block devices and is
 /// cleared once open; the caller refuses any other kind of file.
 pub(crate) fn open_without_blocking(path: &Path, write: bool) -> Result<File> {
-    open_without_blocking_with(path, write, 0).map_err(|e| VhdError::io(path, "open", e))
-}
-
-/// [`open_without_blocking`] with more open(2) flags (`O_NOFOLLOW`); the open's own
-/// error is returned as is, for the caller to name.
-pub(crate) fn open_without_blocking_with(path: &Path, write: bool, flags: i32) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(write)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC | flags)
-        .open(path)?;
-    nix::fcntl::fcntl(
-        &file,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-    )?;
-    Ok(file)
+    crate::fsutil::open_nonblocking(path, write, 0).map_err(|e| VhdError::io(path, "open", e))
 }
 
 /// blktap `vhd_validate_header`, in its order: the first rule the dynamic header `h`

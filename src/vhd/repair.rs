@@ -117,12 +117,7 @@ pub fn repair(path: &Path, dry_run: bool) -> Result<Repair> {
         .metadata()
         .map_err(|e| VhdError::io(path, "stat", e))?
         .len();
-    // Where blktap reads the footer: the last 512 bytes, or a 511-byte short footer.
-    let primary_at = if size % 512 == 511 {
-        size - 511
-    } else {
-        size.saturating_sub(FOOTER_SIZE as u64)
-    };
+    let primary_at = super::primary_footer_at(size);
     let mut primary = [0u8; FOOTER_SIZE];
     let len = (size - primary_at) as usize;
     read_exact_at(
@@ -200,7 +195,7 @@ impl Repair {
 /// ever opened for writing (opening some devices for writing has effects of its own).
 fn open(path: &Path) -> Result<File> {
     let flags = nix::libc::O_NOFOLLOW | nix::libc::O_NOCTTY;
-    let file = super::open_without_blocking_with(path, false, flags).map_err(|e| {
+    let file = crate::fsutil::open_nonblocking(path, false, flags).map_err(|e| {
         match e.raw_os_error() {
             Some(ELOOP) => refused(
                 path,
