@@ -203,22 +203,16 @@ impl Glance {
                 if status != 200 {
                     return Err(StoreError::http(&meta_url, status, resp));
                 }
-                let body = resp
-                    .into_body()
-                    .with_config()
-                    .limit(1 << 20)
-                    .read_to_string()
-                    .map_err(|e| StoreError::transport(&meta_url, e))?;
-                let rec: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
-                    StoreError::Protocol(format!("{meta_url}: image record is not JSON: {e}"))
-                })?;
-                expected.md5 = rec["checksum"].as_str().map(str::to_lowercase);
-                if rec["os_hash_algo"].as_str() == Some("sha512") {
-                    expected.sha512 = rec["os_hash_value"].as_str().map(str::to_lowercase);
-                }
-                expected.size = rec["size"].as_u64();
-                expected.name = rec["name"].as_str().map(str::to_string);
-                pinned = Some(Record::from_json(&rec));
+                let json = Glance::json_of(&meta_url, resp)?;
+                let rec = Record::from_json(&json);
+                expected.md5 = rec.checksum.clone();
+                expected.sha512 = rec
+                    .os_hash_value
+                    .clone()
+                    .filter(|_| rec.os_hash_algo.as_deref() == Some("sha512"));
+                expected.size = rec.size;
+                expected.name = json["name"].as_str().map(str::to_string);
+                pinned = Some(rec);
                 self.url(&format!("{}/file", self.image_path(image_id)))
             }
             Api::V1 | Api::V1Diablo | Api::V1Seed => self.url(&self.image_path(image_id)),
@@ -429,7 +423,6 @@ impl Glance {
             .map_err(|e| StoreError::Protocol(format!("{url}: answer is not JSON: {e}")))
     }
 
-    /// The v2 image record (`GET /v2/images/{id}`).
     /// The v2 record once it is not `saving` (at most [`SAVING_WAIT`]; then as it is).
     fn settled_record(&self, image_id: &str) -> Result<Record, StoreError> {
         let until = std::time::Instant::now() + SAVING_WAIT;
@@ -450,6 +443,8 @@ impl Glance {
         }
     }
 
+    /// The v2 image record (`GET /v2/images/{id}`). A refusal is classed as an upload's
+    /// (the record is read before and after one); a download's reader reclasses it.
     pub fn record(&self, image_id: &str) -> Result<Record, StoreError> {
         check_id(image_id)?;
         let url = self.url(&format!("v2/images/{image_id}"));

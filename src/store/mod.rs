@@ -117,7 +117,22 @@ impl StoreError {
         }
     }
 
-    /// The same, classified as an upload status.
+    /// The same failure, classed as a download's (DESIGN §3).
+    pub fn as_download(self) -> StoreError {
+        match self {
+            StoreError::Http {
+                url, status, body, ..
+            } => StoreError::Http {
+                url,
+                status,
+                body,
+                upload: false,
+            },
+            e => e,
+        }
+    }
+
+    /// [`StoreError::http`], classified as an upload status.
     pub fn http_upload(
         url: &str,
         status: u16,

@@ -122,7 +122,11 @@ impl Resuming {
     /// The rest of the image from byte `at`, if the store still has the same image and
     /// gives exactly that range.
     fn reopen(&self, at: u64) -> Result<NetBody, Reopen> {
-        let rec = self.glance.record(&self.image_id).map_err(Reopen::from)?;
+        // A download's classes: a 4xx on the record will not change on a retry.
+        let rec = self
+            .glance
+            .record(&self.image_id)
+            .map_err(|e| Reopen::from(e.as_download()))?;
         if let Some(why) = changed(&self.pinned, &rec) {
             return Err(Reopen::Refused(why));
         }
