@@ -452,13 +452,6 @@ pub fn upload(a: &UploadArgs) -> Result<ExitCode, CliError> {
         level,
         threads: a.threads.map_or_else(default_threads, |t| t as usize),
     };
-    say(
-        1,
-        &format!(
-            "gzip level {}, {} compressor threads",
-            pack.level, pack.threads
-        ),
-    );
     let spec = match &a.leaf {
         Some(l) => ChainSpec::Leaf(l.to_string()),
         None => ChainSpec::Vdis(a.vdi.iter().map(|u| u.to_string()).collect()),
