@@ -3,14 +3,13 @@
 //! its next endpoint on each attempt. Permanent errors, "not found", invalid input and
 //! local I/O failures return at once: retrying them only delays the bad news.
 //!
-//! The plugin does not retry: Nova calls it again itself (`glance_num_retries`), with
-//! the next Glance server. It does resume a broken download in place ([`Budget`] with
-//! [`PLUGIN_RESUMES`]): the bytes already received are not lost, and Nova's own retry
-//! still starts over when a resume is refused.
-//!
 //! A download that breaks may resume where it broke (`store::resume`) instead of
 //! starting over: a resume is an attempt like a restart, taken from the same
 //! [`Budget`] with the same pauses, so `--retries` bounds both together.
+//!
+//! The plugin does not retry: Nova calls it again itself (`glance_num_retries`), with
+//! the next Glance server. It only resumes, at most [`PLUGIN_RESUMES`] times; Nova's own
+//! retry still starts over when a resume is refused.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
